@@ -1,13 +1,12 @@
-"""GPT Playground's web app: `python app.py` serves it (Hugging Face Spaces runs this file)."""
+"""GPT Playground's web app: `python app.py` serves it; Hugging Face Spaces runs this file as it is.
 
-import gradio as gr
+Honours GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (Gradio reads them when `launch` gets no explicit
+values), caps upload size, and starts on a CPU with no network access.
+"""
 
+from gpt.ui.app import MAX_FILE_SIZE, build_demo
 
-def build_demo() -> gr.Blocks:
-    with gr.Blocks(title="GPT Playground") as demo:
-        gr.Markdown("# GPT Playground\nThe app is being built: Data, Train, Inspect and Generate tabs arrive next.")
-    return demo
-
+demo = build_demo()
 
 if __name__ == "__main__":
-    build_demo().launch()
+    demo.queue(default_concurrency_limit=2).launch(max_file_size=MAX_FILE_SIZE, ssr_mode=False)

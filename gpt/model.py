@@ -1,0 +1,471 @@
+"""The GPT model: a GPT-2-style decoder-only transformer with a few switchable design choices.
+
+With the default options (`gelu`, `learned`, `layernorm`, bias on) the model is the same function as
+Hugging Face's `GPT2LMHeadModel` given the same weights (see `gpt/hf.py`).
+
+    idx (B, T) -> token embedding (+ learned position embedding) -> dropout
+               -> n_layer x Block: x + Attention(Norm(x)); x + FeedForward(Norm(x))   (pre-norm)
+               -> final Norm -> LM head (tied to the token embedding) -> logits (B, T, vocab_size)
+
+Options (fields of `GPTConfig`): activation `gelu` (GPT-2's tanh approximation) | `relu` | `swiglu`,
+position `learned` | `rope`, norm `layernorm` | `rmsnorm`, bias on/off, dropout, FFN width, context
+length, vocabulary size. Presets: `PRESETS` ("tiny", "seed", "gpt2"); `GPTConfig.from_preset`.
+
+Attention runs through `F.scaled_dot_product_attention`. `GPT.forward_with_attention` takes an explicit
+path (softmax(QK^T / sqrt(d)) V written out) that also returns every layer's attention probabilities.
+
+KV cache (generation):
+    cache = model.new_cache(batch_size=1)          # KVCache: per-layer K/V buffers of context_length slots
+    logits = model.forward_cached(idx, cache)      # idx (B, T) continues the cached sequence;
+                                                   # returns next-token logits (B, vocab_size), cache grows by T
+`forward_cached` refuses to go past `context_length`. `SlidingDecoder` handles long generations:
+`prefill(ids)` then `step(token)` repeatedly; each returns next-token logits. When the cache is full and
+another token arrives, the window is cropped to its most recent `keep` tokens (default 3/4 of the
+context) and the cache is rebuilt from them by one prefill ("crop and re-prefill"). The logits it returns
+are always exactly `model(decoder.window)[:, -1]`: the model sees at most `context_length` tokens and
+positions always start at 0, which learned position embeddings require.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from gpt.errors import UserInputError
+
+ACTIVATIONS = ("gelu", "relu", "swiglu")
+POSITIONS = ("learned", "rope")
+NORMS = ("layernorm", "rmsnorm")
+NORM_EPS = 1e-5
+ROPE_BASE = 10000.0
+INIT_STD = 0.02
+
+# Presets leave `ffn_hidden` unset: the width then follows the activation (4 x n_embd, or the
+# parameter-matched SwiGLU width), so `seed` has FFN 1536 and `seed` + swiglu stays about as large.
+PRESETS: dict[str, dict] = {
+    "tiny": {"context_length": 128, "n_layer": 4, "n_head": 4, "n_embd": 128},
+    "seed": {"context_length": 256, "n_layer": 6, "n_head": 8, "n_embd": 384},
+    "gpt2": {"context_length": 1024, "n_layer": 12, "n_head": 12, "n_embd": 768},
+}
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass
+class GPTConfig:
+    """Shape and options of a GPT. Validated at construction (`UserInputError` with what to change).
+
+    `ffn_hidden=None` means 4 * n_embd for gelu/relu, and for swiglu (which has three matrices instead of
+    two) 8/3 * n_embd rounded up to a multiple of 64, which keeps the parameter count about the same.
+    """
+
+    vocab_size: int = 50257
+    context_length: int = 1024
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    ffn_hidden: int | None = None
+    dropout: float = 0.0
+    bias: bool = True
+    activation: str = "gelu"
+    position: str = "learned"
+    norm: str = "layernorm"
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "context_length", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if not _is_int(value) or value <= 0:
+                raise UserInputError(f"{name} must be a positive integer, got {value!r}")
+        if self.ffn_hidden is not None and (not _is_int(self.ffn_hidden) or self.ffn_hidden <= 0):
+            raise UserInputError(
+                f"ffn_hidden must be a positive integer (or None for the default width), got {self.ffn_hidden!r}"
+            )
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, int | float) or not 0 <= self.dropout < 1:
+            raise UserInputError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
+        if not isinstance(self.bias, bool):
+            raise UserInputError(f"bias must be true or false, got {self.bias!r}")
+        for name, allowed in (("activation", ACTIVATIONS), ("position", POSITIONS), ("norm", NORMS)):
+            value = getattr(self, name)
+            if value not in allowed:
+                raise UserInputError(f"unknown {name} {value!r}; choose one of: {', '.join(allowed)}")
+        if self.n_embd % self.n_head != 0:
+            divisors = [h for h in range(1, min(self.n_embd, 64) + 1) if self.n_embd % h == 0]
+            raise UserInputError(
+                f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); "
+                f"n_head values that divide {self.n_embd}: {', '.join(map(str, divisors))}"
+            )
+        if self.position == "rope" and self.head_size % 2 != 0:
+            raise UserInputError(
+                f"RoPE needs an even head size, but n_embd / n_head = {self.n_embd} / {self.n_head} = "
+                f"{self.head_size}; change n_embd or n_head, or use position 'learned'"
+            )
+
+    # -- derived sizes ------------------------------------------------------------------------------
+    @property
+    def head_size(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def ffn_hidden_size(self) -> int:
+        """The FFN width actually used (resolves `ffn_hidden=None`)."""
+        if self.ffn_hidden is not None:
+            return self.ffn_hidden
+        if self.activation == "swiglu":
+            return 64 * math.ceil(8 * self.n_embd / 3 / 64)
+        return 4 * self.n_embd
+
+    def num_parameters(self) -> int:
+        """Number of parameters of `GPT(self)`, the tied LM head counted once."""
+        d, h = self.n_embd, self.ffn_hidden_size
+        norm = 2 * d if (self.norm == "layernorm" and self.bias) else d
+        attention = 4 * d * d + (4 * d if self.bias else 0)
+        if self.activation == "swiglu":
+            ffn = 3 * d * h + ((2 * h + d) if self.bias else 0)
+        else:
+            ffn = 2 * d * h + ((h + d) if self.bias else 0)
+        block = 2 * norm + attention + ffn
+        return self._embedding_parameters() + self._position_parameters() + self.n_layer * block + norm
+
+    def _embedding_parameters(self) -> int:
+        return self.vocab_size * self.n_embd
+
+    def _position_parameters(self) -> int:
+        return self.context_length * self.n_embd if self.position == "learned" else 0
+
+    def flops_per_token(self) -> int:
+        """Estimated training FLOPs per token (forward + backward) at full context.
+
+        6 * N + 12 * n_layer * n_embd * context_length (PaLM appendix B, as in nanoGPT), where N leaves
+        out the learned position table (a lookup, no multiply) but keeps the token embedding, whose tied
+        copy is the LM head matmul.
+        """
+        n = self.num_parameters() - self._position_parameters()
+        return 6 * n + 12 * self.n_layer * self.n_embd * self.context_length
+
+    # -- persistence ----------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> GPTConfig:
+        """Build from a dict (e.g. a run's config.json); unknown keys are an error naming the allowed ones."""
+        allowed = [f.name for f in fields(cls)]
+        unknown = sorted(set(data) - set(allowed))
+        if unknown:
+            raise UserInputError(
+                f"unknown model option(s) {', '.join(unknown)}; allowed options: {', '.join(allowed)}"
+            )
+        return cls(**data)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: object) -> GPTConfig:
+        """A preset ("tiny", "seed", "gpt2") with some fields overridden, e.g. `from_preset("seed", norm="rmsnorm")`."""
+        if name not in PRESETS:
+            raise UserInputError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+        return cls.from_dict({**PRESETS[name], **overrides})
+
+
+# -- building blocks ------------------------------------------------------------------------------------
+def make_norm(config: GPTConfig) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(config.n_embd, eps=NORM_EPS)
+    return nn.LayerNorm(config.n_embd, eps=NORM_EPS, bias=config.bias)
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding tables (RoPE, "rotate half" layout as in GPT-NeoX / Llama)."""
+
+    def __init__(self, head_size: int, context_length: int, base: float = ROPE_BASE) -> None:
+        super().__init__()
+        inv_freq = 1.0 / (base ** (torch.arange(0, head_size, 2, dtype=torch.float64) / head_size))  # (hs/2,)
+        angles = torch.outer(torch.arange(context_length, dtype=torch.float64), inv_freq)  # (C, hs/2)
+        self.register_buffer("cos", angles.cos().float(), persistent=False)
+        self.register_buffer("sin", angles.sin().float(), persistent=False)
+
+    def forward(self, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin for positions start..start+length-1, each (length, hs/2)."""
+        return self.cos[start : start + length], self.sin[start : start + length]
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (B, H, T, hs) queries or keys by their positions' angles."""
+    x1, x2 = x.chunk(2, dim=-1)  # (B, H, T, hs/2) each
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal attention written out. q (B, H, T, hs), k and v (B, H, S, hs) with S >= T, the queries being
+    the last T of the S positions. Returns the output (B, H, T, hs) and the probabilities (B, H, T, S)."""
+    T, S = q.size(-2), k.size(-2)
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))  # (B, H, T, S)
+    allowed = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
+    probs = F.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
+    return probs @ v, probs
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention with one fused QKV projection and an optional KV cache slot."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.n_head, self.head_size = config.n_head, config.head_size
+        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)  # residual projection
+        self.dropout = config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+        start: int = 0,
+        return_attention: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x (B, T, C) at positions start..start+T-1. `kv`: this layer's cache buffers (B, H, ctx, hs),
+        holding the first `start` positions; the new keys/values are written into them.
+        Returns (B, T, C) and, with `return_attention`, the probabilities (B, H, T, start+T)."""
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)  # (B, T, C) each
+        q = q.view(B, T, self.n_head, self.head_size).transpose(1, 2)  # (B, H, T, hs)
+        k = k.view(B, T, self.n_head, self.head_size).transpose(1, 2)
+        v = v.view(B, T, self.n_head, self.head_size).transpose(1, 2)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if kv is not None:
+            keys, values = kv
+            keys[:, :, start : start + T] = k
+            values[:, :, start : start + T] = v
+            k, v = keys[:, :, : start + T], values[:, :, : start + T]  # (B, H, start+T, hs)
+        probs = None
+        if return_attention:
+            y, probs = explicit_attention(q, k, v)
+        else:
+            # Same-length causal attention uses is_causal; one new query sees every cached key; a chunk
+            # after cached positions needs the offset mask (is_causal aligns the mask top-left).
+            mask = None
+            if T > 1 and start > 0:
+                mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
+            y = F.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                attn_mask=mask,
+                dropout_p=self.dropout if self.training else 0.0,
+                is_causal=T > 1 and start == 0,
+            )  # (B, H, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.proj(y)), probs
+
+
+class FeedForward(nn.Module):
+    """Position-wise MLP: Linear -> GELU (tanh approximation, as GPT-2) or ReLU -> Linear."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.fc = nn.Linear(config.n_embd, config.ffn_hidden_size, bias=config.bias)
+        self.act = nn.GELU(approximate="tanh") if config.activation == "gelu" else nn.ReLU()
+        self.proj = nn.Linear(config.ffn_hidden_size, config.n_embd, bias=config.bias)  # residual projection
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.proj(self.act(self.fc(x))))  # (B, T, C) -> (B, T, h) -> (B, T, C)
+
+
+class SwiGLU(nn.Module):
+    """Gated MLP: proj(silu(x W_gate) * (x W_up)); the gate and up projections share one fused Linear."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.fc = nn.Linear(config.n_embd, 2 * config.ffn_hidden_size, bias=config.bias)
+        self.proj = nn.Linear(config.ffn_hidden_size, config.n_embd, bias=config.bias)  # residual projection
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.fc(x).chunk(2, dim=-1)  # (B, T, h) each
+        return self.dropout(self.proj(F.silu(gate) * up))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm1(x)), then x + ffn(norm2(x))."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.norm1 = make_norm(config)
+        self.attn = CausalSelfAttention(config)
+        self.norm2 = make_norm(config)
+        self.ffn = SwiGLU(config) if config.activation == "swiglu" else FeedForward(config)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+        start: int = 0,
+        return_attention: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attended, probs = self.attn(self.norm1(x), rope, kv, start, return_attention)
+        x = x + attended
+        x = x + self.ffn(self.norm2(x))
+        return x, probs
+
+
+class KVCache:
+    """Keys and values of every layer for a batch of sequences, preallocated to `context_length` slots.
+
+    `keys`/`values`: (n_layer, B, n_head, context_length, head_size); slots `0..length-1` are filled.
+    """
+
+    def __init__(self, config: GPTConfig, batch_size: int, device: torch.device, dtype: torch.dtype) -> None:
+        shape = (config.n_layer, batch_size, config.n_head, config.context_length, config.head_size)
+        self.keys = torch.zeros(shape, device=device, dtype=dtype)
+        self.values = torch.zeros(shape, device=device, dtype=dtype)
+        self.capacity = config.context_length
+        self.length = 0
+
+    def reset(self) -> None:
+        self.length = 0
+
+
+class GPT(nn.Module):
+    """The language model. `forward(idx, targets)` for training, `forward_cached` for generation."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.token_embedding = nn.Embedding(config.vocab_size, config.n_embd)
+        self.position_embedding = (
+            nn.Embedding(config.context_length, config.n_embd) if config.position == "learned" else None
+        )
+        self.rotary = Rotary(config.head_size, config.context_length) if config.position == "rope" else None
+        self.dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.final_norm = make_norm(config)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.weight = self.token_embedding.weight  # tied: one matrix for input and output
+        self.apply(self._init_weights)
+        residual_std = INIT_STD / math.sqrt(2 * config.n_layer)
+        for block in self.blocks:
+            nn.init.normal_(block.attn.proj.weight, mean=0.0, std=residual_std)
+            nn.init.normal_(block.ffn.proj.weight, mean=0.0, std=residual_std)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        """GPT-2 initialisation: normal(0, 0.02) weights, zero biases, norms at identity."""
+        if isinstance(module, nn.Linear | nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=INIT_STD)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_parameters(self) -> int:
+        """Parameters of this module, the tied LM head counted once."""
+        return sum(p.numel() for p in self.parameters())
+
+    # -- forward passes -------------------------------------------------------------------------------
+    def _embed(self, idx: torch.Tensor, start: int) -> torch.Tensor:
+        """Token (+ learned position) embedding of idx (B, T) at positions start.. -> (B, T, C)."""
+        T = idx.size(1)
+        if start + T > self.config.context_length:
+            raise UserInputError(
+                f"sequence of {start + T} tokens is longer than the model's context length "
+                f"({self.config.context_length}); crop it to the last {self.config.context_length} tokens"
+            )
+        x = self.token_embedding(idx)
+        if self.position_embedding is not None:
+            x = x + self.position_embedding(torch.arange(start, start + T, device=idx.device))
+        return self.dropout(x)
+
+    def _run_blocks(
+        self, idx: torch.Tensor, return_attention: bool
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        x = self._embed(idx, 0)  # (B, T, C)
+        rope = self.rotary(0, idx.size(1)) if self.rotary is not None else None
+        attentions = []
+        for block in self.blocks:
+            x, probs = block(x, rope, return_attention=return_attention)
+            if probs is not None:
+                attentions.append(probs)
+        return self.lm_head(self.final_norm(x)), attentions  # (B, T, vocab_size)
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """idx (B, T) int64 -> logits (B, T, V); with targets (B, T) also the mean cross-entropy
+        (targets equal to -1 are ignored)."""
+        logits, _ = self._run_blocks(idx, return_attention=False)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    def forward_with_attention(self, idx: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Logits (B, T, V) and, per layer, the attention probabilities (B, n_head, T, T) (explicit path)."""
+        return self._run_blocks(idx, return_attention=True)
+
+    # -- generation with a KV cache -------------------------------------------------------------------
+    def new_cache(self, batch_size: int = 1) -> KVCache:
+        weight = self.token_embedding.weight
+        return KVCache(self.config, batch_size, weight.device, weight.dtype)
+
+    @torch.inference_mode()
+    def forward_cached(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Continue the cached sequences with idx (B, T): next-token logits (B, V) after the last new token.
+
+        The cache grows by T; positions continue from `cache.length`. Raises `UserInputError` when the
+        cache would exceed the context length (use `SlidingDecoder` for long generations)."""
+        start, T = cache.length, idx.size(1)
+        x = self._embed(idx, start)  # (B, T, C)
+        rope = self.rotary(start, T) if self.rotary is not None else None
+        for layer, block in enumerate(self.blocks):
+            x, _ = block(x, rope, (cache.keys[layer], cache.values[layer]), start)
+        cache.length = start + T
+        return self.lm_head(self.final_norm(x[:, -1]))  # (B, V)
+
+
+class SlidingDecoder:
+    """Token-by-token decoding of a batch of sequences of any length, with a KV cache.
+
+    The window (the tokens in the cache) holds at most `context_length` tokens. When it is full and a
+    token arrives, the window keeps its last `keep` tokens (the new one included) and the cache is
+    rebuilt from them by one prefill. `keep` defaults to 3/4 of the context: a re-prefill every
+    context/4 tokens, with at least 3/4 of the context always visible. `keep=context_length` re-prefills
+    every step, which is the exact "last context_length tokens" rule at the cost of speed.
+    """
+
+    def __init__(self, model: GPT, batch_size: int = 1, keep: int | None = None) -> None:
+        context = model.config.context_length
+        self.keep = max(1, (3 * context) // 4) if keep is None else keep
+        if not 1 <= self.keep <= context:
+            raise UserInputError(f"keep must be between 1 and the context length ({context}), got {keep}")
+        self.model = model
+        self.cache = model.new_cache(batch_size)
+        self.tokens = torch.zeros(batch_size, context, dtype=torch.long, device=self.cache.keys.device)
+
+    @property
+    def window(self) -> torch.Tensor:
+        """The tokens the cache holds, (B, length)."""
+        return self.tokens[:, : self.cache.length]
+
+    def prefill(self, idx: torch.Tensor) -> torch.Tensor:
+        """Start over from idx (B, T) (cropped to its last context_length tokens): next-token logits (B, V)."""
+        idx = idx[:, -self.cache.capacity :]
+        self.cache.reset()
+        self.tokens[:, : idx.size(1)] = idx
+        return self.model.forward_cached(idx, self.cache)
+
+    def step(self, token: torch.Tensor) -> torch.Tensor:
+        """Append one token per sequence, token (B,) or (B, 1): next-token logits (B, V)."""
+        token = token.view(-1, 1)
+        length = self.cache.length
+        if length >= self.cache.capacity:
+            recent = torch.cat((self.tokens[:, length - self.keep + 1 : length], token), dim=1)
+            return self.prefill(recent)
+        self.tokens[:, length] = token[:, 0]
+        return self.model.forward_cached(token, self.cache)

@@ -1,0 +1,322 @@
+"""The trainer: run folder contents, metrics contract, resume equality, bursts, divergence, bad configs,
+graceful SIGTERM, eval/generate command lines, W&B offline/online, and DDP with two CPU processes."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from gpt import checkpoint as ckpt
+from gpt.cli import main
+from gpt.data import prepare_dataset, read_meta
+from gpt.errors import UserInputError
+from gpt.model import GPTConfig
+from gpt.train import TrainConfig, Trainer, cosine_lr
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = {"context_length": 32, "n_layer": 1, "n_head": 2, "n_embd": 16}
+QUICK = {"batch_size": 4, "eval_interval": 5, "eval_batches": 2, "log_interval": 1, "sample_tokens": 8,
+         "warmup_steps": 2, "learning_rate": 2e-2, "snapshots": 3}
+TRAIN_KEYS = {"kind", "step", "train_loss", "lr", "grad_norm", "tokens", "tokens_per_second", "elapsed"}
+EVAL_KEYS = {"kind", "step", "val_loss", "perplexity", "bits_per_byte"}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    text = (ROOT / "assets" / "data" / "tinyshakespeare.txt").read_text(encoding="utf-8")[:20000]
+    source = tmp_path_factory.mktemp("corpus") / "shakespeare.txt"
+    source.write_text(text, encoding="utf-8")
+    out = tmp_path_factory.mktemp("data") / "tiny"
+    prepare_dataset([source], out)
+    return out
+
+
+def make_trainer(data_dir: Path, out: Path, **overrides: object) -> Trainer:
+    config = TrainConfig(**{**QUICK, "max_steps": 10, **overrides})
+    return Trainer(GPTConfig(**MODEL), config, data_dir, out)
+
+
+def losses(run_dir: Path, kind: str = "train", key: str = "train_loss") -> dict[int, float]:
+    return {row["step"]: row[key] for row in ckpt.read_metrics(run_dir, kind=kind)}
+
+
+def test_training_writes_a_complete_run_folder(data_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    trainer = make_trainer(data_dir, run, max_steps=15)
+    assert trainer.run() == "finished"
+    for name in ("config.json", "model.safetensors", "trainer_state.pt", "metrics.jsonl", "README.md"):
+        assert (run / name).is_file(), name
+    rows = ckpt.read_metrics(run)
+    assert {row["kind"] for row in rows} == {"train", "eval", "sample", "status"}
+    for row in rows:
+        required = {"train": TRAIN_KEYS, "eval": EVAL_KEYS, "sample": {"prompt", "text"},
+                    "status": {"status", "message"}}[row["kind"]]
+        assert required <= set(row), row
+    assert [r["status"] for r in rows if r["kind"] == "status"] == ["running", "finished"]
+    assert [r["step"] for r in rows if r["kind"] == "eval"] == [0, 5, 10, 15]
+    train = ckpt.read_metrics(run, kind="train")
+    assert train[-1]["train_loss"] < train[0]["train_loss"] - 0.5
+    assert train[-1]["tokens"] == 15 * 4 * 32
+    evals = ckpt.read_metrics(run, kind="eval")
+    meta = read_meta(data_dir)
+    expected_bpb = evals[-1]["val_loss"] * meta["val_tokens"] / (meta["val_bytes"] * math.log(2))
+    assert evals[-1]["bits_per_byte"] == pytest.approx(expected_bpb)
+    assert evals[-1]["perplexity"] == pytest.approx(math.exp(evals[-1]["val_loss"]))
+
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"]["n_embd"] == 16 and config["train"]["max_steps"] == 15
+    assert config["tokenizer"] == {"name": "gpt2", "kept_gpt2_ids": None}
+    assert config["data"]["meta"]["val_tokens"] == meta["val_tokens"]
+    state = torch.load(run / "trainer_state.pt", weights_only=True)
+    assert state["step"] == 15
+    names = [info.name for info in ckpt.list_checkpoints(run)]
+    assert names == ["snapshot:0", "snapshot:5", "snapshot:10", "last"]  # best == last: no separate file
+    loaded = ckpt.load_run(run, "best")
+    assert loaded.step == 15 and not loaded.model.training
+    assert "finished at step 15" in (run / "README.md").read_text()
+
+
+def test_resume_and_bursts_reproduce_an_uninterrupted_run(data_dir: Path, tmp_path: Path) -> None:
+    whole = make_trainer(data_dir, tmp_path / "whole", max_steps=12)
+    assert whole.run() == "finished"
+
+    bursts = make_trainer(data_dir, tmp_path / "parts", max_steps=12)
+    assert bursts.run(max_steps=3) == "running"
+    assert bursts.run(max_steps=2) == "running"
+    assert bursts.step == 5
+    bursts.request_stop()
+    assert bursts.run() == "stopped"
+    assert ckpt.run_status(tmp_path / "parts")["status"] == "stopped"
+    resumed = Trainer.resume(tmp_path / "parts")
+    assert resumed.step == 5
+    assert resumed.run() == "finished"
+
+    expected, got = losses(tmp_path / "whole"), losses(tmp_path / "parts")
+    assert sorted(got) == list(range(1, 13))
+    assert got == expected  # bit-for-bit on CPU with dropout 0
+    assert losses(tmp_path / "parts", "eval", "val_loss")[10] == losses(tmp_path / "whole", "eval", "val_loss")[10]
+
+
+def test_resume_can_extend_a_finished_run(data_dir: Path, tmp_path: Path) -> None:
+    make_trainer(data_dir, tmp_path / "run", max_steps=4).run()
+    trainer = Trainer.resume(tmp_path / "run", max_steps=6)
+    assert trainer.run() == "finished"
+    assert trainer.step == 6
+    assert ckpt.load_run(tmp_path / "run").step == 6
+    assert ckpt.read_config(tmp_path / "run")["train"]["max_steps"] == 6
+
+
+def test_nan_loss_marks_the_run_diverged_and_keeps_the_last_good_checkpoint(data_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    trainer = make_trainer(data_dir, run, max_steps=20)
+    model = trainer.model
+
+    def poisoned(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, loss = model(x, y)
+        return logits, loss * (float("nan") if trainer.step >= 7 else 1.0)
+
+    trainer.train_model = poisoned
+    assert trainer.run() == "diverged"
+    status = ckpt.run_status(run)
+    assert status["status"] == "diverged" and status["step"] == 7
+    assert "step 8" in status["message"] and "lower the learning rate" in status["message"]
+    assert "bf16" in status["message"]
+    loaded = ckpt.load_run(run)
+    assert loaded.step == 5  # the last checkpoint written before the failure
+    assert all(torch.isfinite(p).all() for p in loaded.model.parameters())
+    assert trainer.run() == "diverged"  # a diverged run does not continue
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"batch_size": 0}, "batch_size must be a positive integer"),
+        ({"max_steps": None}, "set max_steps, max_minutes or epochs"),
+        ({"precision": "fp8"}, "unknown precision"),
+        ({"learning_rate": -1.0}, "learning_rate"),
+        ({"beta2": 1.0}, "beta2"),
+        ({"wandb": "maybe"}, "unknown wandb mode"),
+        ({"save_dtype": "int8"}, "unknown save_dtype"),
+    ],
+)
+def test_bad_training_configs_are_clear_errors(overrides: dict, message: str) -> None:
+    with pytest.raises(UserInputError, match=message):
+        TrainConfig(**{**QUICK, "max_steps": 10, **overrides})
+
+
+def test_config_errors_are_caught_before_any_compute(data_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(UserInputError, match="unknown preset"):
+        TrainConfig.from_preset("huge")
+    with pytest.raises(UserInputError, match="larger than the training split"):
+        make_trainer(data_dir, tmp_path / "a", batch_size=10_000)
+    with pytest.raises(UserInputError, match="validation split has .* fewer than one window"):
+        Trainer(GPTConfig(**{**MODEL, "context_length": 4096}), TrainConfig(max_steps=1), data_dir, tmp_path / "b")
+    with pytest.raises(UserInputError, match="fp16 training needs a CUDA GPU"):
+        make_trainer(data_dir, tmp_path / "c", precision="fp16", device="cpu")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+    make_trainer(data_dir, tmp_path / "d", max_steps=1).run()
+    with pytest.raises(UserInputError, match="already holds a run"):
+        make_trainer(data_dir, tmp_path / "d")
+
+
+def test_cli_rejects_unknown_preset_and_missing_data(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    assert main(["train", "--data", str(tmp_path), "--preset", "huge"]) == 2
+    assert "invalid choice: 'huge'" in capsys.readouterr().err
+    assert main(["train", "--data", str(tmp_path / "missing"), "--max-steps", "1"]) == 2
+    assert "no prepared dataset" in capsys.readouterr().err
+
+
+def test_epochs_and_minutes_stop_a_run(data_dir: Path, tmp_path: Path) -> None:
+    by_epochs = make_trainer(data_dir, tmp_path / "epochs", max_steps=None, epochs=0.05)
+    expected = math.ceil(0.05 * len(by_epochs.train_tokens) / (4 * 32))
+    assert by_epochs.run() == "finished" and by_epochs.step == expected
+    assert "epoch" in ckpt.run_status(tmp_path / "epochs")["message"]
+    by_time = make_trainer(data_dir, tmp_path / "minutes", max_steps=None, max_minutes=0.001)
+    assert by_time.run() == "finished"
+    assert "max_minutes" in ckpt.run_status(tmp_path / "minutes")["message"]
+    preset = TrainConfig.from_preset("tiny", max_minutes=5.0)
+    assert preset.max_steps is None and preset.max_minutes == 5.0
+    assert TrainConfig.from_preset("tiny").max_steps == 1000
+
+
+def test_learning_rate_schedule_warms_up_then_decays_to_the_minimum() -> None:
+    config = TrainConfig(max_steps=100, learning_rate=1.0, warmup_steps=10, min_lr_ratio=0.1)
+    assert cosine_lr(config, 0, 0.0) == pytest.approx(0.1)
+    assert cosine_lr(config, 9, 0.09) == pytest.approx(1.0)
+    assert cosine_lr(config, 50, 0.5) == pytest.approx(0.55)
+    assert cosine_lr(config, 100, 1.0) == pytest.approx(0.1)
+
+
+def test_weight_decay_applies_to_matrices_only(data_dir: Path, tmp_path: Path) -> None:
+    trainer = make_trainer(data_dir, tmp_path / "run")
+    decayed, plain = trainer.optimizer.param_groups
+    assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decayed["params"]) and all(p.dim() < 2 for p in plain["params"])
+    assert trainer.model.token_embedding.weight in decayed["params"]
+
+
+def _cli(*args: str, env: dict | None = None) -> subprocess.Popen:
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.Popen([sys.executable, "-m", "gpt", *args], cwd=ROOT, env=full_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_sigterm_stops_gracefully_with_a_loadable_checkpoint(data_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    flags = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--context-length", "32", "--batch-size", "4",
+             "--eval-interval", "1000", "--eval-batches", "1", "--log-interval", "1", "--sample-tokens", "4"]
+    process = _cli("train", "--data", str(data_dir), "--max-steps", "100000", "--out", str(run), *flags)
+    deadline = time.time() + 60
+    while not ckpt.read_metrics(run, kind="train") and time.time() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    status = ckpt.run_status(run)
+    assert status["status"] == "stopped"
+    assert "stopped:" in out
+    loaded = ckpt.load_run(run)
+    assert loaded.step == status["step"] > 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["command"].startswith("python -m gpt train --data ")
+    assert "--max-steps 100000" in config["command"]
+
+
+def test_eval_json_is_deterministic_over_the_whole_split(data_dir: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "run"
+    make_trainer(data_dir, run, max_steps=3).run()
+    capsys.readouterr()
+    assert main(["eval", str(run), "--data", str(data_dir), "--json", "--device", "cpu"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert main(["eval", str(run), "--data", str(data_dir), "--json", "--batch-size", "3"]) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert {"val_loss", "perplexity", "bits_per_byte", "tokens"} <= set(first)
+    assert first["tokens"] == read_meta(data_dir)["val_tokens"] - 1
+    assert second["val_loss"] == pytest.approx(first["val_loss"], rel=1e-5)
+    assert first["perplexity"] == pytest.approx(math.exp(first["val_loss"]))
+    meta = read_meta(data_dir)
+    assert first["bits_per_byte"] == pytest.approx(
+        first["val_loss"] * meta["val_tokens"] / (meta["val_bytes"] * math.log(2)))
+    assert main(["eval", str(run)]) == 0  # data folder taken from the run's config
+    assert "bits per byte" in capsys.readouterr().out
+
+
+def test_generate_streams_text_after_the_prompt(data_dir: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "run"
+    make_trainer(data_dir, run, max_steps=2).run()
+    capsys.readouterr()
+    args = ["generate", str(run), "--prompt", "ROMEO:", "--max-new-tokens", "6", "--seed", "3", "--no-stop-at-eot"]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert main(args) == 0
+    assert capsys.readouterr().out == first
+    assert first.startswith("ROMEO:") and len(first) > len("ROMEO:\n")
+    assert main(["generate", str(run), "--temperature", "-1"]) == 2
+
+
+def test_wandb_offline_needs_no_account(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    (tmp_path / "wandb").mkdir()
+    trainer = make_trainer(data_dir, tmp_path / "run", max_steps=5, wandb="offline")
+    assert trainer.run() == "finished"
+    offline_runs = list((tmp_path / "wandb").rglob("offline-run-*"))
+    assert offline_runs
+    assert list(offline_runs[0].rglob("*.wandb"))
+
+
+def test_wandb_online_without_a_key_is_a_clear_error(data_dir: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    with pytest.raises(UserInputError, match="wandb login"):
+        make_trainer(data_dir, tmp_path / "run", wandb="online")
+    assert not (tmp_path / "run" / "config.json").exists()
+
+
+def _run_to_end(command: list[str], timeout: float = 120) -> None:
+    """Run a command in its own process group; on a timeout kill the whole group and show its output."""
+    process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        out, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        out, _ = process.communicate()
+        pytest.fail(f"timed out after {timeout} s: {' '.join(command)}\n{out[-3000:]}")
+    assert process.returncode == 0, out[-3000:]
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_match_one_process(data_dir: Path, tmp_path: Path) -> None:
+    """Same global batch (4 x 2 micro-batches): torchrun with 2 gloo processes vs 1 process."""
+    common = ["train", "--data", str(data_dir), "--n-layer", "1", "--n-head", "2", "--n-embd", "16",
+              "--context-length", "32", "--batch-size", "4", "--grad-accum-steps", "2", "--max-steps", "6",
+              "--eval-interval", "6", "--eval-batches", "2", "--log-interval", "1", "--sample-tokens", "4",
+              "--learning-rate", "0.003", "--warmup-steps", "2", "--no-progress"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "gpt"]
+    _run_to_end([*torchrun, *common, "--out", str(tmp_path / "ddp")])
+    _run_to_end([sys.executable, "-m", "gpt", *common, "--out", str(tmp_path / "single")])
+    ddp, single = losses(tmp_path / "ddp"), losses(tmp_path / "single")
+    assert sorted(ddp) == sorted(single) == list(range(1, 7))
+    for step in ddp:
+        assert ddp[step] == pytest.approx(single[step], rel=1e-4)
+    assert ddp[6] < ddp[1]
+    ddp_val = losses(tmp_path / "ddp", "eval", "val_loss")[6]
+    assert ddp_val == pytest.approx(losses(tmp_path / "single", "eval", "val_loss")[6], rel=1e-4)
+    assert ckpt.load_run(tmp_path / "ddp").step == 6
+    assert sum(1 for row in ckpt.read_metrics(tmp_path / "ddp") if row["kind"] == "status") == 2  # rank 0 only
