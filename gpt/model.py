@@ -9,7 +9,7 @@ Hugging Face's `GPT2LMHeadModel` given the same weights (see `gpt/hf.py`).
 
 Options (fields of `GPTConfig`): activation `gelu` (GPT-2's tanh approximation) | `relu` | `swiglu`,
 position `learned` | `rope`, norm `layernorm` | `rmsnorm`, bias on/off, dropout, FFN width, context
-length, vocabulary size. Presets: `PRESETS` ("tiny", "seed", "gpt2"); `GPTConfig.from_preset`.
+length, vocabulary size. Presets: `PRESETS` ("tiny", "quick-cpu", "seed", "gpt2"); `GPTConfig.from_preset`.
 
 Attention runs through `F.scaled_dot_product_attention`. `GPT.forward_with_attention` takes an explicit
 path (softmax(QK^T / sqrt(d)) V written out) that also returns every layer's attention probabilities.
@@ -48,6 +48,7 @@ INIT_STD = 0.02
 # parameter-matched SwiGLU width), so `seed` has FFN 1536 and `seed` + swiglu stays about as large.
 PRESETS: dict[str, dict] = {
     "tiny": {"context_length": 128, "n_layer": 4, "n_head": 4, "n_embd": 128},
+    "quick-cpu": {"context_length": 128, "n_layer": 4, "n_head": 4, "n_embd": 192},
     "seed": {"context_length": 256, "n_layer": 6, "n_head": 8, "n_embd": 384},
     "gpt2": {"context_length": 1024, "n_layer": 12, "n_head": 12, "n_embd": 768},
 }

@@ -51,16 +51,20 @@ from gpt.data import get_batch, iter_eval_batches, load_split, read_meta, token_
 from gpt.errors import UserInputError
 from gpt.model import GPT, GPTConfig
 from gpt.sampling import SamplingConfig, generate
-from gpt.tokenizer import Tokenizer, gpt2_tokenizer
+from gpt.tokenizer import GPT2_VOCAB_SIZE, Tokenizer, gpt2_tokenizer
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 WANDB_MODES = ("off", "offline", "online")
+VOCABS = ("full", "compact")
 STATUSES = ("running", "stopped", "finished", "diverged", "failed")
 DIVERGED_HINT = "lower the learning rate (e.g. halve --learning-rate), or use bf16 instead of fp16"
 
 # Training defaults per model preset (the model shapes are in gpt/model.py PRESETS).
 TRAIN_PRESETS: dict[str, dict] = {
     "tiny": {"batch_size": 16, "learning_rate": 2e-3, "warmup_steps": 50, "max_steps": 1000, "eval_interval": 100},
+    # 5 minutes on 2 CPU cores (bench/speedrun_cpu.py): compact vocabulary, time-based cosine schedule.
+    "quick-cpu": {"batch_size": 8, "learning_rate": 5e-3, "warmup_steps": 20, "max_minutes": 5.0,
+                  "eval_interval": 100, "eval_batches": 8, "snapshots": 0, "vocab": "compact"},
     "seed": {"batch_size": 16, "learning_rate": 1e-3, "warmup_steps": 100, "max_steps": 2000, "eval_interval": 200},
     "gpt2": {"batch_size": 8, "grad_accum_steps": 8, "learning_rate": 6e-4, "warmup_steps": 700,
              "max_steps": 5000, "eval_interval": 250},
@@ -113,6 +117,7 @@ class TrainConfig:
     save_dtype: str = "float32"
     wandb: str = "off"
     wandb_project: str = "gpt-playground"
+    vocab: str = "full"
 
     def __post_init__(self) -> None:
         positive_ints = ("batch_size", "grad_accum_steps", "eval_interval", "log_interval")
@@ -154,6 +159,8 @@ class TrainConfig:
             raise UserInputError(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
         if not isinstance(self.compile, bool):
             raise UserInputError(f"compile must be true or false, got {self.compile!r}")
+        if self.vocab not in VOCABS:
+            raise UserInputError(f"unknown vocab {self.vocab!r}; choose one of: {', '.join(VOCABS)}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -172,9 +179,24 @@ class TrainConfig:
         if name not in TRAIN_PRESETS:
             raise UserInputError(f"unknown preset {name!r}; choose one of: {', '.join(TRAIN_PRESETS)}")
         base = dict(TRAIN_PRESETS[name])
-        if any(overrides.get(key) is not None for key in ("max_steps", "max_minutes", "epochs")):
-            base.pop("max_steps", None)
+        stops = ("max_steps", "max_minutes", "epochs")
+        if any(overrides.get(key) is not None for key in stops):
+            for key in stops:
+                base.pop(key, None)
         return cls.from_dict({**base, **overrides})
+
+
+def compact_tokenizer(train_tokens: np.ndarray, val_tokens: np.ndarray) -> Tokenizer:
+    """The compact vocabulary of `vocab="compact"`: every GPT-2 id that occurs in the data folder's token
+    files, train or validation (as character-level recipes build their alphabet from the whole text).
+
+    Only the set of ids comes from the validation split, never its text; a validation-only token keeps its
+    own row (untrained: it gets almost no probability), so validation is scored token by token exactly as
+    with the full vocabulary instead of folding unseen tokens into a shared id."""
+    seen = np.zeros(GPT2_VOCAB_SIZE, dtype=bool)
+    for tokens in (train_tokens, val_tokens):
+        seen |= np.bincount(np.asarray(tokens, dtype=np.int64), minlength=GPT2_VOCAB_SIZE).astype(bool)
+    return Tokenizer(np.flatnonzero(seen).tolist())
 
 
 # -- device, precision, distributed ------------------------------------------------------------------
@@ -387,10 +409,6 @@ class Trainer:
         self.run_dir = Path(out_dir)
         self.on_row = on_row
         self.dist = dist_info_from_env()
-        self.tokenizer = tokenizer or gpt2_tokenizer()
-        if model_config.vocab_size != self.tokenizer.vocab_size:
-            model_config = GPTConfig.from_dict({**model_config.to_dict(), "vocab_size": self.tokenizer.vocab_size})
-        self.model_config = model_config
         self._stop_requested = False
         self.status = "running"
         self._started = False
@@ -410,6 +428,12 @@ class Trainer:
         self.meta = read_meta(self.data_dir)
         self.train_tokens = load_split(self.data_dir, "train")
         self.val_tokens = load_split(self.data_dir, "val")
+        if tokenizer is None and train_config.vocab == "compact":
+            tokenizer = compact_tokenizer(self.train_tokens, self.val_tokens)
+        self.tokenizer = tokenizer or gpt2_tokenizer()
+        if model_config.vocab_size != self.tokenizer.vocab_size:
+            model_config = GPTConfig.from_dict({**model_config.to_dict(), "vocab_size": self.tokenizer.vocab_size})
+        self.model_config = model_config
         self._check_data_fits()
         self.device = self._pick_device()
         self.precision = resolve_precision(train_config.precision, self.device)
@@ -587,7 +611,9 @@ class Trainer:
                     clock = time.perf_counter()
                     self._log_train()
                 if self.step % self.config.eval_interval == 0:
+                    self.elapsed += time.perf_counter() - clock
                     self._evaluate_and_save()
+                    clock = time.perf_counter()  # evaluation and saving are not training time
                 self._maybe_snapshot()
         except torch.OutOfMemoryError:
             message = (f"out of GPU memory at batch_size {self.config.batch_size} x context_length "

@@ -61,7 +61,7 @@ def test_invalid_configs_fail_with_actionable_messages(overrides: dict, message:
 def test_unknown_option_names_and_presets_are_listed() -> None:
     with pytest.raises(UserInputError, match="unknown model option.*n_heads.*allowed options: vocab_size"):
         GPTConfig.from_dict({"n_heads": 4})
-    with pytest.raises(UserInputError, match="unknown preset 'huge'; choose one of: tiny, seed, gpt2"):
+    with pytest.raises(UserInputError, match="unknown preset 'huge'; choose one of: tiny, quick-cpu, seed, gpt2"):
         GPTConfig.from_preset("huge")
 
 
@@ -76,7 +76,7 @@ def test_presets_have_the_documented_shapes() -> None:
     gpt2 = GPTConfig.from_preset("gpt2")
     assert (gpt2.n_layer, gpt2.n_head, gpt2.n_embd, gpt2.context_length) == (12, 12, 768, 1024)
     assert gpt2.num_parameters() == 124_439_808  # the published size of GPT-2 small
-    assert set(PRESETS) == {"tiny", "seed", "gpt2"}
+    assert set(PRESETS) == {"tiny", "quick-cpu", "seed", "gpt2"}
 
 
 def test_swiglu_default_width_keeps_the_parameter_count_close() -> None:

@@ -204,8 +204,14 @@ def test_weight_decay_applies_to_matrices_only(data_dir: Path, tmp_path: Path) -
     assert trainer.model.token_embedding.weight in decayed["params"]
 
 
+def _clean_env() -> dict[str, str]:
+    """The environment for child processes, without the W&B service address an earlier in-process
+    `wandb.init` leaves behind (children that inherit it hang under torchrun)."""
+    return {**{k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}, "OMP_NUM_THREADS": "1"}
+
+
 def _cli(*args: str, env: dict | None = None) -> subprocess.Popen:
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    full_env = {**_clean_env(), **(env or {})}
     return subprocess.Popen([sys.executable, "-m", "gpt", *args], cwd=ROOT, env=full_env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -290,7 +296,7 @@ def test_wandb_online_without_a_key_is_a_clear_error(data_dir: Path, tmp_path: P
 
 def _run_to_end(command: list[str], timeout: float = 120) -> None:
     """Run a command in its own process group; on a timeout kill the whole group and show its output."""
-    process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, text=True,
+    process = subprocess.Popen(command, cwd=ROOT, env=_clean_env(), text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         out, _ = process.communicate(timeout=timeout)

@@ -19,7 +19,7 @@ import gradio as gr
 from gpt.checkpoint import CONFIG_FILE, METRICS_FILE, SAVE_DTYPES, read_config, read_metrics, run_status
 from gpt.data import read_meta
 from gpt.model import ACTIVATIONS, NORMS, POSITIONS, GPTConfig
-from gpt.train import PRECISIONS, TRAIN_PRESETS, WANDB_MODES, TrainConfig, resolve_device, resolve_precision
+from gpt.train import PRECISIONS, TRAIN_PRESETS, VOCABS, WANDB_MODES, TrainConfig, resolve_device, resolve_precision
 from gpt.ui.common import BUNDLED_DATASET_NAME, AppDirs, error_text, safe_name
 from gpt.ui.data_tab import ensure_bundled_dataset, prepared_datasets
 from gpt.ui.estimates import planned_steps, training_memory
@@ -30,7 +30,7 @@ from gpt.ui.runs import export_run_zip, import_run_zip, known_run, recently_writ
 POLL_SECONDS = 1.0
 CHOICES = {
     "activation": ACTIVATIONS, "position": POSITIONS, "norm": NORMS, "precision": PRECISIONS,
-    "wandb": WANDB_MODES, "save_dtype": tuple(SAVE_DTYPES), "device": ("auto", "cpu", "cuda", "mps"),
+    "wandb": WANDB_MODES, "vocab": VOCABS, "save_dtype": tuple(SAVE_DTYPES), "device": ("auto", "cpu", "cuda", "mps"),
 }
 LABELS = {
     "n_layer": "Layers", "n_head": "Heads", "n_embd": "Width (n_embd)", "ffn_hidden": "FFN width (0 = default)",
