@@ -210,23 +210,27 @@ def _numbered(labels: Sequence[str]) -> list[str]:
     return [f"{i}:{label}" for i, label in enumerate(labels)]
 
 
+def _attention_heatmap(matrix: np.ndarray, labels: Sequence[str]) -> go.Heatmap:
+    """A (T, T) attention map with both tokens and the exact weight on hover."""
+    T = len(labels)
+    hover = [[f"query {i} {labels[i]} → key {j} {labels[j]}" for j in range(T)] for i in range(T)]
+    return go.Heatmap(
+        z=matrix,
+        text=hover,
+        hovertemplate="%{text}<br>weight %{z:.4f}<extra></extra>",
+        colorscale=ATTENTION_COLORSCALE,
+        zmin=0.0,
+        zmax=1.0,
+        colorbar={"title": "weight"},
+    )
+
+
 def attention_head_figure(maps: AttentionMaps, layer: int | None, head: int | None) -> go.Figure:
     """One head (or a mean) large: tokens on both axes, the exact weight and both tokens on hover."""
     matrix = _causal(attention_matrix(maps, layer, head))
     T = maps.length
     labels = maps.labels
-    hover = [[f"query {i} {labels[i]} → key {j} {labels[j]}" for j in range(T)] for i in range(T)]
-    fig = go.Figure(
-        go.Heatmap(
-            z=matrix,
-            text=hover,
-            hovertemplate="%{text}<br>weight %{z:.4f}<extra></extra>",
-            colorscale=ATTENTION_COLORSCALE,
-            zmin=0.0,
-            zmax=1.0,
-            colorbar={"title": "weight"},
-        )
-    )
+    fig = go.Figure(_attention_heatmap(matrix, labels))
     ticks = {"tickmode": "array", "tickvals": list(range(T)), "ticktext": labels, "showgrid": False}
     ticks["tickfont"] = {"size": _tick_font_size(T)}
     fig.update_xaxes(title="key: the token attended to", tickangle=-90, side="bottom", constrain="domain", **ticks)
@@ -375,21 +379,9 @@ def training_replay_figure(
     labels = snapshots[-1][1].labels
     T = len(labels)
     matrices = [_causal(attention_matrix(maps, layer, head)) for _, maps in snapshots]
-    hover = [[f"query {i} {labels[i]} → key {j} {labels[j]}" for j in range(T)] for i in range(T)]
-
-    def heatmap(matrix: np.ndarray) -> go.Heatmap:
-        return go.Heatmap(
-            z=matrix,
-            text=hover,
-            hovertemplate="%{text}<br>weight %{z:.4f}<extra></extra>",
-            colorscale=ATTENTION_COLORSCALE,
-            zmin=0.0,
-            zmax=1.0,
-            colorbar={"title": "weight"},
-        )
-
-    fig = go.Figure(heatmap(matrices[-1]), frames=[
-        go.Frame(data=[heatmap(m)], name=str(step), layout={"title": {"text": _replay_title(step, layer, head)}})
+    fig = go.Figure(_attention_heatmap(matrices[-1], labels), frames=[
+        go.Frame(data=[_attention_heatmap(m, labels)], name=str(step),
+                 layout={"title": {"text": _replay_title(step, layer, head)}})
         for step, m in zip(steps, matrices, strict=True)
     ])
     ticks = {"tickmode": "array", "tickvals": list(range(T)), "ticktext": labels, "showgrid": False,

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from gpt.errors import UserInputError
+from gpt.errors import UserInputError, is_int
 
 ACTIVATIONS = ("gelu", "relu", "swiglu")
 POSITIONS = ("learned", "rope")
@@ -53,9 +53,6 @@ PRESETS: dict[str, dict] = {
     "gpt2": {"context_length": 1024, "n_layer": 12, "n_head": 12, "n_embd": 768},
 }
 
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass
@@ -81,9 +78,9 @@ class GPTConfig:
     def __post_init__(self) -> None:
         for name in ("vocab_size", "context_length", "n_layer", "n_head", "n_embd"):
             value = getattr(self, name)
-            if not _is_int(value) or value <= 0:
+            if not is_int(value) or value <= 0:
                 raise UserInputError(f"{name} must be a positive integer, got {value!r}")
-        if self.ffn_hidden is not None and (not _is_int(self.ffn_hidden) or self.ffn_hidden <= 0):
+        if self.ffn_hidden is not None and (not is_int(self.ffn_hidden) or self.ffn_hidden <= 0):
             raise UserInputError(
                 f"ffn_hidden must be a positive integer (or None for the default width), got {self.ffn_hidden!r}"
             )

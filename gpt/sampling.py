@@ -18,24 +18,15 @@ vocabularies work; prompt text the vocabulary cannot encode is reported with the
 from __future__ import annotations
 
 import codecs
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
 from torch.nn import functional as F
 
-from gpt.errors import UserInputError
+from gpt.errors import UserInputError, is_int, is_number
 from gpt.model import GPT, SlidingDecoder
 from gpt.tokenizer import Tokenizer
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass
@@ -53,28 +44,28 @@ class SamplingConfig:
     top_candidates: int = 0
 
     def __post_init__(self) -> None:
-        if not _is_number(self.temperature) or self.temperature < 0:
+        if not is_number(self.temperature) or self.temperature < 0:
             raise UserInputError(f"temperature must be a number >= 0 (0 = greedy), got {self.temperature!r}")
-        if not _is_int(self.top_k) or self.top_k < 0:
+        if not is_int(self.top_k) or self.top_k < 0:
             raise UserInputError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
-        if not _is_number(self.top_p) or not 0 < self.top_p <= 1:
+        if not is_number(self.top_p) or not 0 < self.top_p <= 1:
             raise UserInputError(f"top_p must be in (0, 1] (1.0 = off), got {self.top_p!r}")
-        if not _is_number(self.repetition_penalty) or self.repetition_penalty <= 0:
+        if not is_number(self.repetition_penalty) or self.repetition_penalty <= 0:
             raise UserInputError(
                 f"repetition_penalty must be a number > 0 (1.0 = off, above 1 discourages repeats), "
                 f"got {self.repetition_penalty!r}"
             )
-        if not _is_int(self.penalty_window) or self.penalty_window < 0:
+        if not is_int(self.penalty_window) or self.penalty_window < 0:
             raise UserInputError(
                 f"penalty_window must be an integer >= 0 (0 = the whole context), got {self.penalty_window!r}"
             )
-        if not _is_int(self.max_new_tokens) or self.max_new_tokens < 1:
+        if not is_int(self.max_new_tokens) or self.max_new_tokens < 1:
             raise UserInputError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
         if not isinstance(self.stop_at_eot, bool):
             raise UserInputError(f"stop_at_eot must be true or false, got {self.stop_at_eot!r}")
-        if self.seed is not None and (not _is_int(self.seed) or self.seed < 0):
+        if self.seed is not None and (not is_int(self.seed) or self.seed < 0):
             raise UserInputError(f"seed must be a non-negative integer or empty (random), got {self.seed!r}")
-        if not _is_int(self.top_candidates) or self.top_candidates < 0:
+        if not is_int(self.top_candidates) or self.top_candidates < 0:
             raise UserInputError(f"top_candidates must be an integer >= 0, got {self.top_candidates!r}")
 
 
