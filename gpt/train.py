@@ -48,7 +48,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from gpt import checkpoint as ckpt
 from gpt.data import get_batch, iter_eval_batches, load_split, read_meta, token_id_map
-from gpt.errors import UserInputError
+from gpt.errors import UserInputError, is_int, is_number
 from gpt.model import GPT, GPTConfig
 from gpt.sampling import SamplingConfig, generate
 from gpt.tokenizer import GPT2_VOCAB_SIZE, Tokenizer, gpt2_tokenizer
@@ -75,12 +75,6 @@ PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L
               "A10": 125e12, "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12, "T4": 65e12}
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass
@@ -123,30 +117,30 @@ class TrainConfig:
         positive_ints = ("batch_size", "grad_accum_steps", "eval_interval", "log_interval")
         for name in positive_ints:
             value = getattr(self, name)
-            if not _is_int(value) or value <= 0:
+            if not is_int(value) or value <= 0:
                 raise UserInputError(f"{name} must be a positive integer, got {value!r}")
         for name in ("warmup_steps", "eval_batches", "sample_tokens", "snapshots", "seed"):
             value = getattr(self, name)
-            if not _is_int(value) or value < 0:
+            if not is_int(value) or value < 0:
                 raise UserInputError(f"{name} must be an integer >= 0, got {value!r}")
-        if self.max_steps is not None and (not _is_int(self.max_steps) or self.max_steps <= 0):
+        if self.max_steps is not None and (not is_int(self.max_steps) or self.max_steps <= 0):
             raise UserInputError(f"max_steps must be a positive integer, got {self.max_steps!r}")
         for name in ("max_minutes", "epochs"):
             value = getattr(self, name)
-            if value is not None and (not _is_number(value) or value <= 0):
+            if value is not None and (not is_number(value) or value <= 0):
                 raise UserInputError(f"{name} must be a positive number, got {value!r}")
         if self.max_steps is None and self.max_minutes is None and self.epochs is None:
             raise UserInputError("say when to stop: set max_steps, max_minutes or epochs")
-        if not _is_number(self.learning_rate) or self.learning_rate <= 0:
+        if not is_number(self.learning_rate) or self.learning_rate <= 0:
             raise UserInputError(f"learning_rate must be a positive number, got {self.learning_rate!r}")
         for name in ("min_lr_ratio", "beta1", "beta2"):
             value = getattr(self, name)
-            if not _is_number(value) or not 0 <= value <= 1 or (name != "min_lr_ratio" and value == 1):
+            if not is_number(value) or not 0 <= value <= 1 or (name != "min_lr_ratio" and value == 1):
                 raise UserInputError(f"{name} must be in [0, 1{']' if name == 'min_lr_ratio' else ')'}, "
                                      f"got {value!r}")
         for name in ("weight_decay", "grad_clip", "sample_temperature"):
             value = getattr(self, name)
-            if not _is_number(value) or value < 0:
+            if not is_number(value) or value < 0:
                 raise UserInputError(f"{name} must be a number >= 0 (0 turns it off), got {value!r}")
         if self.precision not in PRECISIONS:
             raise UserInputError(f"unknown precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}")
@@ -289,6 +283,17 @@ def cosine_lr(config: TrainConfig, step: int, progress: float) -> float:
 
 
 # -- evaluation ---------------------------------------------------------------------------------------
+def planned_steps(train: TrainConfig, model: GPTConfig, train_tokens: int | None) -> int | None:
+    """Optimizer steps a run will take when bounded by steps or epochs (None when only by minutes)."""
+    tokens_per_step = train.batch_size * train.grad_accum_steps * model.context_length
+    candidates = []
+    if train.max_steps is not None:
+        candidates.append(train.max_steps)
+    if train.epochs is not None and train_tokens:
+        candidates.append(max(1, math.ceil(train.epochs * train_tokens / tokens_per_step)))
+    return min(candidates) if candidates else None
+
+
 def bits_per_byte(loss: float, meta: dict, split: str = "val") -> float | None:
     """loss (nats/token) x tokens / (bytes x ln 2) with the split's token and byte counts from meta.json."""
     tokens, size = meta.get(f"{split}_tokens"), meta.get(f"{split}_bytes")
@@ -515,12 +520,7 @@ class Trainer:
                                  f"training split ({n_train} tokens); lower --batch-size or --context-length")
 
     def _planned_steps(self) -> int | None:
-        candidates = []
-        if self.config.max_steps is not None:
-            candidates.append(self.config.max_steps)
-        if self.config.epochs is not None:
-            candidates.append(max(1, math.ceil(self.config.epochs * len(self.train_tokens) / self.tokens_per_step)))
-        return min(candidates) if candidates else None
+        return planned_steps(self.config, self.model_config, len(self.train_tokens))
 
     def _config_dict(self, command: str | None) -> dict:
         return {"model": self.model_config.to_dict(), "train": self.config.to_dict(),

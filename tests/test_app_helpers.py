@@ -7,9 +7,9 @@ import dataclasses
 import pytest
 
 from gpt.model import GPTConfig
-from gpt.train import TrainConfig
+from gpt.train import TrainConfig, planned_steps
 from gpt.ui.common import safe_name
-from gpt.ui.estimates import planned_steps, training_memory
+from gpt.ui.estimates import training_memory
 from gpt.ui.plots import thin, training_figure
 from gpt.ui.train_tab import FIELD_NAMES, build_configs, fields_named_in, preset_values
 

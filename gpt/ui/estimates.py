@@ -8,21 +8,8 @@ attention scores when they are materialised, as on CPU).
 
 from __future__ import annotations
 
-import math
-
 from gpt.model import GPTConfig
 from gpt.train import TrainConfig
-
-
-def planned_steps(train: TrainConfig, model: GPTConfig, train_tokens: int | None) -> int | None:
-    """Optimizer steps the run will take when bounded by steps or epochs (None when only by minutes)."""
-    tokens_per_step = train.batch_size * train.grad_accum_steps * model.context_length
-    candidates = []
-    if train.max_steps is not None:
-        candidates.append(train.max_steps)
-    if train.epochs is not None and train_tokens:
-        candidates.append(max(1, math.ceil(train.epochs * train_tokens / tokens_per_step)))
-    return min(candidates) if candidates else None
 
 
 def training_memory(model: GPTConfig, train: TrainConfig, precision: str, flash_attention: bool) -> dict[str, int]:

@@ -19,10 +19,19 @@ import gradio as gr
 from gpt.checkpoint import CONFIG_FILE, METRICS_FILE, SAVE_DTYPES, read_config, read_metrics, run_status
 from gpt.data import read_meta
 from gpt.model import ACTIVATIONS, NORMS, POSITIONS, GPTConfig
-from gpt.train import PRECISIONS, TRAIN_PRESETS, VOCABS, WANDB_MODES, TrainConfig, resolve_device, resolve_precision
+from gpt.train import (
+    PRECISIONS,
+    TRAIN_PRESETS,
+    VOCABS,
+    WANDB_MODES,
+    TrainConfig,
+    planned_steps,
+    resolve_device,
+    resolve_precision,
+)
 from gpt.ui.common import BUNDLED_DATASET_NAME, AppDirs, error_text, safe_name
 from gpt.ui.data_tab import ensure_bundled_dataset, prepared_datasets
-from gpt.ui.estimates import planned_steps, training_memory
+from gpt.ui.estimates import training_memory
 from gpt.ui.jobs import JOBS
 from gpt.ui.plots import training_figure
 from gpt.ui.runs import export_run_zip, import_run_zip, known_run, recently_written, run_choices, runs_table
