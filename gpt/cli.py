@@ -185,7 +185,6 @@ def _train_command(args: argparse.Namespace, out: str) -> str:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    import torch.distributed as dist
     from tqdm import tqdm
 
     from gpt.model import GPTConfig
@@ -223,8 +222,7 @@ def _run_train(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        trainer.close()
     if main_process:
         print(f"{status}: {trainer.run_dir} (step {trainer.step}, best val loss {trainer.best_val_loss:.4f})")
     return 1 if status in ("diverged", "failed") else 0

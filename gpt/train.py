@@ -30,6 +30,7 @@ are a pure function of (seed, step, micro-batch).
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import os
 import shutil
@@ -568,6 +569,18 @@ class Trainer:
         finally:
             for sig, old in previous.items():
                 signal.signal(sig, old)
+
+    def close(self) -> None:
+        """Release the distributed wrapper, then the process group, in that order. Freed the other way round,
+        the DDP reducer drops the last reference to the gloo group, whose destructor joins a worker thread
+        that waits for the GIL the freeing thread holds: the rank never exits."""
+        if not self.dist.enabled:
+            return
+        self.train_model = self.model
+        gc.collect()
+        if dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
 
     # -- the loop ---------------------------------------------------------------------------------------
     def run(self, max_seconds: float | None = None, max_steps: int | None = None) -> str:

@@ -302,7 +302,10 @@ def _run_to_end(command: list[str], timeout: float = 120) -> None:
         out, _ = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
-        out, _ = process.communicate()
+        try:  # a torchrun rank lives in its own session and may keep the pipe open
+            out, _ = process.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            out = ""
         pytest.fail(f"timed out after {timeout} s: {' '.join(command)}\n{out[-3000:]}")
     assert process.returncode == 0, out[-3000:]
 
