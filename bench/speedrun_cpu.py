@@ -132,7 +132,8 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="quick-cpu")
     parser.add_argument("--seconds", type=float, default=300.0, help="training budget per run (default 300)")
-    parser.add_argument("--runs", type=int, default=1, help="independent runs; the figure is their median")
+    parser.add_argument("--runs", type=int, default=3,
+                        help="independent runs (default 3); the figure is their median")
     parser.add_argument("--data", type=Path, help="prepared data folder (default: data/tinyshakespeare, "
                                                    "prepared into a temporary folder when missing)")
     parser.add_argument("--out", type=Path, help="folder for the runs (default: a temporary folder)")

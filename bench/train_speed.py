@@ -6,7 +6,9 @@ Both models get the `seed` preset's shape (6 layers, 8 heads, n_embd 384, FFN 15
 given context, fp32, and are trained by the same loop as `gpt/train.py`'s step: a random batch from Tiny
 Shakespeare, forward, mean cross-entropy, backward, gradient clipping, fused AdamW (decay on matrices only).
 The two models alternate step by step so that a change in machine load hits both; the figure per model is
-the median over rounds. Prints tokens/s, the ratio, the core count and the load average.
+the median over rounds. Like `python -m gpt train`, the process first makes glibc reuse freed memory
+(`reuse_freed_cpu_memory`; both models gain from it; `--default-malloc` leaves the allocator alone, to
+measure that lever). Prints tokens/s, the ratio, the core count and the load average.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from torch.nn import functional as F
 
 from gpt.data import get_batch, load_split, prepare_dataset
 from gpt.model import GPT, GPTConfig
-from gpt.train import TrainConfig, configure_optimizer
+from gpt.train import TrainConfig, configure_optimizers, reuse_freed_cpu_memory
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE_TOKENS_PER_SECOND = 586  # a popular minimal GPT trainer, this configuration, these 2 cores
@@ -41,7 +43,7 @@ def hf_model(config: GPTConfig) -> torch.nn.Module:
 
 
 def make_step(model: torch.nn.Module, hf: bool, tokens, args: argparse.Namespace) -> Callable[[int], None]:
-    optimizer = configure_optimizer(model, TrainConfig(max_steps=1), torch.device("cpu"))
+    (optimizer,) = configure_optimizers(model, TrainConfig(max_steps=1), torch.device("cpu"))
     generator = torch.Generator()
     model.train()
 
@@ -68,7 +70,11 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=128)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--data", help="prepared data folder (default: Tiny Shakespeare prepared in a temp dir)")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's allocator as it is (the trainer's CLI makes it reuse freed memory)")
     args = parser.parse_args()
+    if not args.default_malloc:
+        reuse_freed_cpu_memory()
 
     if args.data:
         tokens = load_split(args.data, "train")

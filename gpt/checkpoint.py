@@ -41,7 +41,7 @@ from gpt.model import GPT, GPTConfig
 from gpt.tokenizer import Tokenizer
 
 CHECKPOINTS_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
-DEFAULT_RUN = CHECKPOINTS_DIR / "shakespeare-tiny"
+DEFAULT_RUN = CHECKPOINTS_DIR / "shakespeare-5min"
 
 CONFIG_FILE = "config.json"
 LAST_FILE = "model.safetensors"

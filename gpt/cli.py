@@ -188,7 +188,7 @@ def _run_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from gpt.model import GPTConfig
-    from gpt.train import TrainConfig, Trainer, dist_info_from_env
+    from gpt.train import TrainConfig, Trainer, dist_info_from_env, reuse_freed_cpu_memory
 
     main_process = dist_info_from_env().is_main
     bar = None
@@ -214,6 +214,8 @@ def _run_train(args: argparse.Namespace) -> int:
         model_config = GPTConfig.from_preset(args.preset, **_given(args, args.model_fields))
         train_config = TrainConfig.from_preset(args.preset, **_given(args, args.train_fields))
         trainer = Trainer(model_config, train_config, args.data, out, command=_train_command(args, out), on_row=on_row)
+    if trainer.device.type == "cpu":
+        reuse_freed_cpu_memory()
     if main_process and not args.no_progress:
         bar = tqdm(total=trainer.planned_steps, initial=trainer.step, unit="step", dynamic_ncols=True)
     try:
@@ -247,11 +249,14 @@ def _run_eval(args: argparse.Namespace) -> int:
 
 def _run_generate(args: argparse.Namespace) -> int:
     from gpt.checkpoint import load_run
-    from gpt.sampling import SamplingConfig, stream_generate
+    from gpt.sampling import SamplingConfig, prompt_note, stream_generate
     from gpt.train import resolve_device
 
     loaded = load_run(args.run, checkpoint=args.checkpoint, device=resolve_device(args.device))
     config = SamplingConfig(**_given(args, args.sampling_fields))
+    note = prompt_note(loaded.tokenizer, args.prompt)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     sys.stdout.write(args.prompt)
     for step in stream_generate(loaded.model, loaded.tokenizer, args.prompt, config):
         sys.stdout.write(step.text)

@@ -70,18 +70,20 @@ class EncodedText:
 def encode_text(tokenizer: Tokenizer, text: str, max_tokens: int) -> EncodedText:
     """Encode `text` with the run's tokenizer, keeping the first `max_tokens` tokens.
 
-    Pieces outside a compact vocabulary become `<|endoftext|>` and are listed in `notes`."""
+    Pieces outside a compact vocabulary are spelled with shorter tokens (or, in a vocabulary without the
+    byte tokens, shown as `<|endoftext|>`) and listed in `notes`."""
     if not text or not text.strip():
         raise UserInputError("the text is empty: type or paste some text to inspect")
     notes = []
+    try:
+        ids, how = tokenizer.encode(text), "are spelled with smaller tokens"
+    except UserInputError:
+        ids, how = tokenizer.encode(text, unknown="eot"), "are shown as <|endoftext|>"
     unknown = tokenizer.unknown_tokens(text)
     if unknown:
         shown = ", ".join(repr(piece) for piece in unknown[:8]) + (" ..." if len(unknown) > 8 else "")
-        notes.append(
-            f"{len(unknown)} piece(s) are not in this run's vocabulary of {tokenizer.vocab_size} tokens and "
-            f"are shown as <|endoftext|>: {shown}"
-        )
-    ids = tokenizer.encode(text, unknown="eot")
+        notes.append(f"{len(unknown)} piece(s) are not in this run's vocabulary of {tokenizer.vocab_size} tokens "
+                     f"and {how}: {shown}")
     truncated = len(ids) > max_tokens
     if truncated:
         notes.append(f"the text has {len(ids)} tokens; only the first {max_tokens} are inspected")

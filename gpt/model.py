@@ -54,7 +54,6 @@ PRESETS: dict[str, dict] = {
 }
 
 
-
 @dataclass
 class GPTConfig:
     """Shape and options of a GPT. Validated at construction (`UserInputError` with what to change).

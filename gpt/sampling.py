@@ -152,16 +152,27 @@ class TextStream:
 
 
 def encode_prompt(tokenizer: Tokenizer, prompt: str) -> list[int]:
-    """Model ids of the prompt; an empty prompt starts from <|endoftext|> (a document boundary)."""
-    unknown = tokenizer.unknown_tokens(prompt)
-    if unknown:
-        shown = ", ".join(repr(piece) for piece in dict.fromkeys(unknown))
+    """Model ids of the prompt; an empty prompt starts from <|endoftext|> (a document boundary). Pieces
+    outside a compact vocabulary are spelled with shorter tokens (`prompt_note` says which)."""
+    try:
+        ids = tokenizer.encode(prompt)
+    except UserInputError:
+        shown = ", ".join(repr(piece) for piece in dict.fromkeys(tokenizer.unknown_tokens(prompt)))
         raise UserInputError(
-            f"the prompt uses {len(unknown)} token(s) that this model's vocabulary of {tokenizer.vocab_size} "
-            f"tokens does not have: {shown}; rephrase the prompt without them"
-        )
-    ids = tokenizer.encode(prompt)
+            f"the prompt uses token(s) that this model's vocabulary of {tokenizer.vocab_size} tokens does not "
+            f"have and cannot spell from smaller tokens: {shown}; rephrase the prompt without them"
+        ) from None
     return ids or [tokenizer.eot_id]
+
+
+def prompt_note(tokenizer: Tokenizer, prompt: str) -> str:
+    """A line for the user when the prompt has pieces a compact vocabulary lacks ("" otherwise)."""
+    unknown = list(dict.fromkeys(tokenizer.unknown_tokens(prompt)))
+    if not unknown:
+        return ""
+    shown = ", ".join(repr(piece) for piece in unknown[:8]) + (" ..." if len(unknown) > 8 else "")
+    return (f"{len(unknown)} piece(s) of the prompt are not in this model's vocabulary of {tokenizer.vocab_size} "
+            f"tokens and were spelled with smaller tokens it knows: {shown}")
 
 
 def stream_generate(

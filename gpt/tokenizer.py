@@ -23,6 +23,7 @@ ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets" / "tokenizer"
 EOT_TOKEN = "<|endoftext|>"
 GPT2_EOT_ID = 50256
 GPT2_VOCAB_SIZE = 50257
+GPT2_BYTE_TOKENS = 256  # GPT-2 ids 0..255 are the single bytes
 # GPT-2's pre-tokenisation pattern, as tiktoken defines it for the `gpt2` (r50k) encoding.
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
 
@@ -54,8 +55,9 @@ class Tokenizer:
     """GPT-2 BPE, optionally restricted to a compact vocabulary.
 
     With `kept_gpt2_ids=None` model ids are GPT-2 ids. Otherwise model id `i` stands for GPT-2 id
-    `kept_gpt2_ids[i]`; text whose GPT-2 tokens fall outside the kept set cannot be encoded exactly,
-    and `encode` raises unless `unknown="eot"` asks to replace such tokens by `<|endoftext|>`.
+    `kept_gpt2_ids[i]`. A GPT-2 token outside the kept set is spelled with the longest kept tokens that
+    make up its bytes (a compact vocabulary from `gpt.train.compact_tokenizer` keeps all 256 single-byte
+    tokens, so every text can be encoded); `unknown_tokens` lists such pieces so callers can report them.
     """
 
     def __init__(self, kept_gpt2_ids: Sequence[int] | None = None) -> None:
@@ -71,6 +73,9 @@ class Tokenizer:
             raise UserInputError(f"compact vocabulary holds ids outside GPT-2's range 0..{GPT2_VOCAB_SIZE - 1}")
         self.kept_gpt2_ids = kept
         self._to_model = {gpt2_id: model_id for model_id, gpt2_id in enumerate(kept)}
+        self._by_bytes = {self.encoding.decode_single_token_bytes(gpt2_id): model_id
+                          for gpt2_id, model_id in self._to_model.items() if gpt2_id != GPT2_EOT_ID}
+        self._longest = max((len(piece) for piece in self._by_bytes), default=1)
         self.vocab_size = len(kept)
         self.eot_id = self._to_model[GPT2_EOT_ID]
 
@@ -83,23 +88,37 @@ class Tokenizer:
         return self.kept_gpt2_ids is not None
 
     # -- id mapping -------------------------------------------------------------------------------
-    def from_gpt2(self, gpt2_ids: Iterable[int], unknown: str = "error") -> list[int]:
-        """Map GPT-2 ids to model ids. `unknown`: "error" raises, "eot" maps to <|endoftext|>."""
+    def from_gpt2(self, gpt2_ids: Iterable[int], unknown: str = "spell") -> list[int]:
+        """Map GPT-2 ids to model ids. A token outside the vocabulary is spelled with shorter kept tokens
+        (`unknown="spell"`, raising when a byte is missing too) or becomes <|endoftext|> (`unknown="eot"`)."""
         if self._to_model is None:
             return list(gpt2_ids)
         out = []
         for gpt2_id in gpt2_ids:
             model_id = self._to_model.get(gpt2_id)
-            if model_id is None:
-                if unknown != "eot":
-                    piece = self.encoding.decode([gpt2_id])
-                    raise UserInputError(
-                        f"token {piece!r} (GPT-2 id {gpt2_id}) is not in this run's compact vocabulary "
-                        f"of {self.vocab_size} tokens"
-                    )
-                model_id = self.eot_id
-            out.append(model_id)
+            if model_id is not None:
+                out.append(model_id)
+            elif unknown == "eot":
+                out.append(self.eot_id)
+            else:
+                out += self._spell(gpt2_id)
         return out
+
+    def _spell(self, gpt2_id: int) -> list[int]:
+        """The kept tokens that make up a GPT-2 token's bytes, longest first from the left."""
+        raw, ids, start = self.encoding.decode_single_token_bytes(gpt2_id), [], 0
+        while start < len(raw):
+            for end in range(min(len(raw), start + self._longest), start, -1):
+                if raw[start:end] in self._by_bytes:
+                    ids.append(self._by_bytes[raw[start:end]])
+                    start = end
+                    break
+            else:
+                raise UserInputError(
+                    f"token {self.encoding.decode([gpt2_id])!r} (GPT-2 id {gpt2_id}) is not in this run's compact "
+                    f"vocabulary of {self.vocab_size} tokens, and neither are the bytes to spell it"
+                )
+        return ids
 
     def to_gpt2(self, model_ids: Iterable[int]) -> list[int]:
         if self.kept_gpt2_ids is None:
@@ -114,14 +133,15 @@ class Tokenizer:
         return [self.encoding.decode([i]) for i in ids if i not in self._to_model]
 
     # -- text <-> ids ---------------------------------------------------------------------------
-    def encode(self, text: str, unknown: str = "error") -> list[int]:
-        """Model ids for `text`; the literal string `<|endoftext|>` becomes the EOT token."""
+    def encode(self, text: str, unknown: str = "spell") -> list[int]:
+        """Model ids for `text`; the literal string `<|endoftext|>` becomes the EOT token. `unknown`: see
+        `from_gpt2`."""
         return self.from_gpt2(self.encoding.encode(text, allowed_special={EOT_TOKEN}), unknown=unknown)
 
     def encode_batch(self, texts: list[str], num_threads: int | None = None) -> list[list[int]]:
         """GPT-2 ids of many texts at once, on tiktoken's thread pool (special tokens as plain text)."""
         batches = self.encoding.encode_ordinary_batch(texts, num_threads=num_threads or default_num_threads())
-        return batches if self._to_model is None else [self.from_gpt2(ids, unknown="eot") for ids in batches]
+        return batches if self._to_model is None else [self.from_gpt2(ids) for ids in batches]
 
     def decode_bytes(self, model_ids: Iterable[int]) -> bytes:
         return self.encoding.decode_bytes(self.to_gpt2(model_ids))

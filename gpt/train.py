@@ -14,7 +14,9 @@ step s is drawn from the same seed whichever process runs it) are the same as on
 The schedule is linear warmup then cosine decay to `min_lr_ratio * learning_rate` over the planned steps
 (`max_steps`, or the steps that make `epochs`, whichever is fewer); a run bounded only by `max_minutes`
 decays over elapsed time instead. AdamW decays only tensors of 2 or more dimensions (matrices and
-embedding tables), not biases or norm gains.
+embedding tables), not biases or norm gains. With `optimizer="muon"` the weight matrices inside the blocks
+are trained by `torch.optim.Muon` (orthogonalised momentum; peak `muon_learning_rate`, same schedule shape)
+and everything else by AdamW: on the 5-minute CPU speedrun it is the biggest single lever (README).
 
 What a run writes is described in `gpt/checkpoint.py`; the rows of `metrics.jsonl`:
     train:  step, tokens, epoch, train_loss (mean since the last row), lr, grad_norm (before clipping),
@@ -23,13 +25,14 @@ What a run writes is described in `gpt/checkpoint.py`; the rows of `metrics.json
     sample: step, prompt, text
     status: step, status (running | stopped | finished | diverged | failed), message, elapsed
 Resuming on the same device with dropout 0 reproduces the losses of an uninterrupted run exactly on CPU:
-the trainer state holds the fp32 weights, AdamW moments, step, counters and random states, and batches
+the trainer state holds the fp32 weights, optimizer moments, step, counters and random states, and batches
 are a pure function of (seed, step, micro-batch).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
 import math
 import os
@@ -52,30 +55,37 @@ from gpt.data import get_batch, iter_eval_batches, load_split, read_meta, token_
 from gpt.errors import UserInputError, is_int, is_number
 from gpt.model import GPT, GPTConfig
 from gpt.sampling import SamplingConfig, generate
-from gpt.tokenizer import GPT2_VOCAB_SIZE, Tokenizer, gpt2_tokenizer
+from gpt.tokenizer import GPT2_BYTE_TOKENS, GPT2_VOCAB_SIZE, Tokenizer, gpt2_tokenizer
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 WANDB_MODES = ("off", "offline", "online")
 VOCABS = ("full", "compact")
+OPTIMIZERS = ("adamw", "muon")
 STATUSES = ("running", "stopped", "finished", "diverged", "failed")
 DIVERGED_HINT = "lower the learning rate (e.g. halve --learning-rate), or use bf16 instead of fp16"
 
 # Training defaults per model preset (the model shapes are in gpt/model.py PRESETS).
 TRAIN_PRESETS: dict[str, dict] = {
     "tiny": {"batch_size": 16, "learning_rate": 2e-3, "warmup_steps": 50, "max_steps": 1000, "eval_interval": 100},
-    # 5 minutes on 2 CPU cores (bench/speedrun_cpu.py): compact vocabulary, time-based cosine schedule.
+    # 5 minutes on 2 CPU cores (bench/speedrun_cpu.py; each choice measured in the README's lever table):
+    # compact vocabulary, Muon for the block matrices, bf16 autocast, cosine schedule over the wall clock.
     "quick-cpu": {"batch_size": 8, "learning_rate": 5e-3, "warmup_steps": 20, "max_minutes": 5.0,
-                  "eval_interval": 100, "eval_batches": 8, "snapshots": 0, "vocab": "compact"},
+                  "eval_interval": 100, "eval_batches": 8, "snapshots": 4, "vocab": "compact",
+                  "optimizer": "muon", "muon_learning_rate": 0.02, "precision": "bf16"},
     "seed": {"batch_size": 16, "learning_rate": 1e-3, "warmup_steps": 100, "max_steps": 2000, "eval_interval": 200},
     "gpt2": {"batch_size": 8, "grad_accum_steps": 8, "learning_rate": 6e-4, "warmup_steps": 700,
              "max_steps": 5000, "eval_interval": 250},
 }
 
+
+def default_preset(device: torch.device) -> str:
+    """The preset the app offers first: the 5-minute CPU recipe on a CPU, `seed` on an accelerator."""
+    return "quick-cpu" if device.type == "cpu" else "seed"
+
+
 # Dense bf16/fp16 tensor-core peaks (FLOP/s) by GPU name, for MFU.
 PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10G": 125e12,
               "A10": 125e12, "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12, "T4": 65e12}
-
-
 
 
 @dataclass
@@ -113,6 +123,8 @@ class TrainConfig:
     wandb: str = "off"
     wandb_project: str = "gpt-playground"
     vocab: str = "full"
+    optimizer: str = "adamw"
+    muon_learning_rate: float = 0.02
 
     def __post_init__(self) -> None:
         positive_ints = ("batch_size", "grad_accum_steps", "eval_interval", "log_interval")
@@ -156,6 +168,10 @@ class TrainConfig:
             raise UserInputError(f"compile must be true or false, got {self.compile!r}")
         if self.vocab not in VOCABS:
             raise UserInputError(f"unknown vocab {self.vocab!r}; choose one of: {', '.join(VOCABS)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise UserInputError(f"unknown optimizer {self.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
+        if not is_number(self.muon_learning_rate) or self.muon_learning_rate <= 0:
+            raise UserInputError(f"muon_learning_rate must be a positive number, got {self.muon_learning_rate!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -187,8 +203,10 @@ def compact_tokenizer(train_tokens: np.ndarray, val_tokens: np.ndarray) -> Token
 
     Only the set of ids comes from the validation split, never its text; a validation-only token keeps its
     own row (untrained: it gets almost no probability), so validation is scored token by token exactly as
-    with the full vocabulary instead of folding unseen tokens into a shared id."""
+    with the full vocabulary instead of folding unseen tokens into a shared id. The 256 single-byte tokens
+    are always kept, so any later prompt can be spelled with them (see `Tokenizer.from_gpt2`)."""
     seen = np.zeros(GPT2_VOCAB_SIZE, dtype=bool)
+    seen[:GPT2_BYTE_TOKENS] = True
     for tokens in (train_tokens, val_tokens):
         seen |= np.bincount(np.asarray(tokens, dtype=np.int64), minlength=GPT2_VOCAB_SIZE).astype(bool)
     return Tokenizer(np.flatnonzero(seen).tolist())
@@ -229,6 +247,19 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
+def reuse_freed_cpu_memory() -> bool:
+    """Make glibc keep freed memory for reuse instead of returning it to the system (process-wide; for a
+    training process). By default every tensor over 32 MB (the logits of a step, their gradient) is a fresh
+    mmap whose pages the kernel zeroes on first touch and unmaps on free, every step: on 2 CPU cores that is
+    about 15% of a `seed` step (bench/train_speed.py). Returns False where glibc's mallopt is unavailable."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        # mallopt parameters: M_MMAP_MAX = -4 (0: never mmap), M_TRIM_THRESHOLD = -1 (never give memory back)
+        return bool(libc.mallopt(-4, 0)) and bool(libc.mallopt(-1, 2**30))
+    except (OSError, AttributeError):
+        return False
+
+
 @dataclass(frozen=True)
 class DistInfo:
     rank: int = 0
@@ -260,15 +291,31 @@ def peak_flops(device: torch.device, precision: str) -> float | None:
 
 
 # -- optimizer and schedule ------------------------------------------------------------------------------
-def configure_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW with weight decay on tensors of 2+ dimensions only; fused kernels on CUDA and CPU."""
-    params = [p for p in model.parameters() if p.requires_grad]
+def configure_optimizers(model: torch.nn.Module, config: TrainConfig,
+                         device: torch.device) -> list[torch.optim.Optimizer]:
+    """AdamW (fused kernels on CUDA and CPU) with weight decay on tensors of 2+ dimensions only; with
+    `optimizer="muon"`, Muon for the blocks' weight matrices and AdamW for the rest (embeddings, norms, biases).
+
+    Every parameter group has an `lr_scale`: its peak learning rate over `learning_rate`, so one schedule
+    drives all groups."""
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    muon = config.optimizer == "muon"
+    in_muon = {id(p) for name, p in named if muon and name.startswith("blocks.") and p.dim() == 2}
+    rest = [p for _, p in named if id(p) not in in_muon]
     groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        {"params": [p for p in rest if p.dim() >= 2], "weight_decay": config.weight_decay, "lr_scale": 1.0},
+        {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0, "lr_scale": 1.0},
     ]
     fused = device.type in ("cuda", "cpu")
-    return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(config.beta1, config.beta2), fused=fused)
+    optimizers: list[torch.optim.Optimizer] = [
+        torch.optim.AdamW(groups, lr=config.learning_rate, betas=(config.beta1, config.beta2), fused=fused)
+    ]
+    if in_muon:
+        matrices = [p for _, p in named if id(p) in in_muon]
+        scale = config.muon_learning_rate / config.learning_rate
+        optimizers.append(torch.optim.Muon([{"params": matrices, "lr_scale": scale}],
+                                           lr=config.muon_learning_rate, weight_decay=config.weight_decay))
+    return optimizers
 
 
 def cosine_lr(config: TrainConfig, step: int, progress: float) -> float:
@@ -458,7 +505,7 @@ class Trainer:
         if _state is not None:
             self.model.load_state_dict(_state["model"])
         self.model.to(self.device)
-        self.optimizer = configure_optimizer(self.model, train_config, self.device)
+        self.optimizers = configure_optimizers(self.model, train_config, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
         if _state is not None:
             self._load_state(_state)
@@ -529,7 +576,10 @@ class Trainer:
                 "command": command}
 
     def _load_state(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
+        saved = state["optimizer"]
+        for optimizer, optimizer_state in zip(self.optimizers, saved if isinstance(saved, list) else [saved],
+                                              strict=True):
+            optimizer.load_state_dict(optimizer_state)
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.tokens, self.elapsed = int(state["step"]), int(state["tokens"]), float(state["elapsed"])
         self.best_val_loss, self.best_step = float(state["best_val_loss"]), int(state["best_step"])
@@ -666,8 +716,9 @@ class Trainer:
         """One optimizer step; returns the loss averaged over micro-batches and processes (NaN/inf as is).
         A non-finite loss leaves the weights untouched."""
         lr = cosine_lr(self.config, self.step, self._progress(for_schedule=True))
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        for optimizer in self.optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] = lr * group["lr_scale"]
         total = torch.zeros((), device=self.device)
         for micro in range(self.local_accum):
             x, y = self._micro_batch(micro)
@@ -684,16 +735,19 @@ class Trainer:
             total /= self.dist.world_size
         loss_value = total.item()
         if math.isfinite(loss_value):
-            self.scaler.unscale_(self.optimizer)
+            for optimizer in self.optimizers:
+                self.scaler.unscale_(optimizer)
             clip = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip).item()
             self._last_grad_norm = norm
             if not math.isfinite(norm) and self.precision != "fp16":
                 loss_value = math.nan  # fp32/bf16 gradients should never overflow: treat as divergence
             else:
-                self.scaler.step(self.optimizer)
+                for optimizer in self.optimizers:
+                    self.scaler.step(optimizer)
                 self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=True)
         return loss_value
 
     def _progress(self, for_schedule: bool = False) -> float:
@@ -748,7 +802,7 @@ class Trainer:
         tokens_per_second = window.tokens / max(window.seconds, 1e-9)
         row = {"kind": "train", "step": self.step, "tokens": self.tokens,
                "epoch": self.tokens / len(self.train_tokens), "train_loss": window.loss / window.steps,
-               "lr": self.optimizer.param_groups[0]["lr"], "grad_norm": self._last_grad_norm,
+               "lr": self.optimizers[0].param_groups[0]["lr"], "grad_norm": self._last_grad_norm,
                "tokens_per_second": tokens_per_second, "elapsed": round(self.elapsed, 3), "time": time.time()}
         if self.peak_flops:
             row["mfu"] = self.model_config.flops_per_token() * tokens_per_second / self.peak_flops
@@ -786,7 +840,8 @@ class Trainer:
     def state_dict(self) -> dict:
         """The trainer state (weights-only loadable): fp32 weights, optimizer, counters, random states."""
         state = {"version": 1, "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-                 "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                 "optimizer": [optimizer.state_dict() for optimizer in self.optimizers],
+                 "scaler": self.scaler.state_dict(),
                  "step": self.step, "tokens": self.tokens, "elapsed": self.elapsed,
                  "best_val_loss": self.best_val_loss, "best_step": self.best_step,
                  "next_snapshot": self.next_snapshot, "torch_rng": torch.get_rng_state()}

@@ -41,7 +41,8 @@ def tiny_fields(**overrides) -> list:
                   beta1=0.9, beta2=0.95, grad_clip=1.0, max_steps=400, max_minutes=None, epochs=None,
                   eval_interval=10, eval_batches=2, log_interval=2, sample_prompt="Row", sample_tokens=8,
                   sample_temperature=0.8, seed=1, device="cpu", precision="auto", compile=False, snapshots=2,
-                  save_dtype="float32", wandb="off", wandb_project="gpt-playground", vocab="full")
+                  save_dtype="float32", wandb="off", wandb_project="gpt-playground", vocab="full",
+                  optimizer="adamw", muon_learning_rate=0.02)
     values.update(overrides)
     return [values[name] for name in FIELD_NAMES]
 

@@ -147,8 +147,17 @@ def test_compact_vocabulary_goes_through_the_runs_tokenizer():
     model = tiny_model(vocab_size=compact.vocab_size)
     maps = inspection.compute_attention(model, compact, " the cat sat on the dog.")
     assert maps.labels == ["␣the", "␣cat", "␣sat", "␣on", "␣the", "<|endoftext|>", "."]
-    assert "' dog'" in maps.notes[0]
+    assert "' dog'" in maps.notes[0] and "shown as <|endoftext|>" in maps.notes[0]
     np.testing.assert_array_equal(maps.probs, explicit_probs(model, maps.ids))
+
+
+def test_compact_vocabulary_with_byte_tokens_spells_unknown_words():
+    full = gpt2_tokenizer()
+    compact = Tokenizer([*full.encode(" the cat sat on the mat."), *range(256)])
+    model = tiny_model(vocab_size=compact.vocab_size)
+    maps = inspection.compute_attention(model, compact, " the cat sat on the dog.")
+    assert maps.labels == ["␣the", "␣cat", "␣sat", "␣on", "␣the", "␣", "d", "o", "g", "."]
+    assert "' dog'" in maps.notes[0] and "spelled with smaller tokens" in maps.notes[0]
 
 
 @pytest.mark.parametrize("options", [{"position": "rope"}, {"norm": "rmsnorm", "activation": "swiglu", "bias": False}])

@@ -11,10 +11,12 @@ from gpt.sampling import (
     SamplingConfig,
     TextStream,
     apply_repetition_penalty,
+    encode_prompt,
     filter_top_k,
     filter_top_p,
     generate,
     next_token_probs,
+    prompt_note,
     stream_generate,
 )
 from gpt.tokenizer import Tokenizer, gpt2_tokenizer
@@ -206,11 +208,23 @@ def test_candidates_before_and_after_the_controls() -> None:
     assert plain.candidates_before == [] and plain.candidates_after == []
 
 
-def test_prompt_outside_a_compact_vocabulary_lists_the_pieces() -> None:
+def test_prompt_outside_a_compact_vocabulary_without_its_bytes_lists_the_pieces() -> None:
     tokenizer = compact_tokenizer()
     model = random_model(tokenizer.vocab_size)
-    with pytest.raises(UserInputError, match=r"2 token\(s\) .* does not have: ' z', 'ebra'; rephrase"):
+    with pytest.raises(UserInputError, match=r"cannot spell from smaller tokens: ' z', 'ebra'; rephrase"):
         generate(model, tokenizer, "the zebra", SamplingConfig())
+
+
+def test_prompt_outside_a_compact_vocabulary_is_spelled_and_reported() -> None:
+    known = gpt2_tokenizer().encode("the cat sat on the mat")
+    tokenizer = Tokenizer([*known, *range(256)])
+    model = random_model(tokenizer.vocab_size)
+    ids = encode_prompt(tokenizer, "the zebra")
+    assert tokenizer.decode(ids) == "the zebra" and len(ids) == 1 + len(" zebra")  # ' z' + 'ebra', byte by byte
+    note = prompt_note(tokenizer, "the zebra")
+    assert "2 piece(s)" in note and "' z', 'ebra'" in note and "spelled with smaller tokens" in note
+    assert prompt_note(tokenizer, "the cat") == ""
+    assert isinstance(generate(model, tokenizer, "the zebra", SamplingConfig(max_new_tokens=3, seed=1)), str)
 
 
 def test_empty_prompt_starts_from_end_of_text() -> None:

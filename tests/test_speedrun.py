@@ -4,7 +4,10 @@ and that training windows come only from the training split."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +22,7 @@ from gpt.errors import UserInputError
 from gpt.model import PRESETS, GPTConfig
 from gpt.sampling import SamplingConfig, generate
 from gpt.tokenizer import GPT2_EOT_ID, GPT2_VOCAB_SIZE
-from gpt.train import TRAIN_PRESETS, TrainConfig, Trainer, compact_tokenizer
+from gpt.train import TRAIN_PRESETS, TrainConfig, Trainer, compact_tokenizer, default_preset
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = {"context_length": 32, "n_layer": 1, "n_head": 2, "n_embd": 16}
@@ -40,7 +43,8 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def compact_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("runs") / "compact"
-    trainer = Trainer(GPTConfig(**MODEL), TrainConfig(**QUICK, max_steps=6, vocab="compact"), data_dir, run)
+    config = TrainConfig(**QUICK, max_steps=6, vocab="compact", precision="bf16", device="cpu")
+    trainer = Trainer(GPTConfig(**MODEL), config, data_dir, run)
     assert trainer.run() == "finished"
     return run
 
@@ -48,7 +52,7 @@ def compact_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 def test_compact_vocabulary_holds_exactly_the_ids_of_the_data(data_dir: Path) -> None:
     train, val = load_split(data_dir, "train"), load_split(data_dir, "val")
     tokenizer = compact_tokenizer(train, val)
-    expected = set(np.unique(train).tolist()) | set(np.unique(val).tolist()) | {GPT2_EOT_ID}
+    expected = set(np.unique(train).tolist()) | set(np.unique(val).tolist()) | {GPT2_EOT_ID} | set(range(256))
     assert set(tokenizer.kept_gpt2_ids) == expected
     assert tokenizer.vocab_size == len(expected) < GPT2_VOCAB_SIZE // 4
 
@@ -63,21 +67,30 @@ def test_compact_run_saves_its_vocabulary_and_shrinks_the_model(compact_run: Pat
     assert loaded.tokenizer.kept_gpt2_ids == compact_tokenizer(train, val).kept_gpt2_ids
 
 
+def test_bf16_autocast_trains_on_cpu_and_saves_fp32_weights(compact_run: Path) -> None:
+    losses = [row["train_loss"] for row in ckpt.read_metrics(compact_run, kind="train")]
+    assert len(losses) == 6 and all(np.isfinite(losses)) and losses[-1] < losses[0]
+    assert "(bf16)" in ckpt.read_metrics(compact_run, kind="status")[0]["message"]
+    assert all(p.dtype == torch.float32 for p in ckpt.load_run(compact_run).model.parameters())
+
+
 def test_compact_run_generates_text_and_reports_prompt_tokens_outside_its_vocabulary(compact_run: Path) -> None:
     loaded = ckpt.load_run(compact_run)
     text = generate(loaded.model, loaded.tokenizer, "First", SamplingConfig(max_new_tokens=8, seed=1,
                                                                              stop_at_eot=False))
     assert isinstance(text, str) and text  # model ids mapped back through GPT-2 ids to text
-    with pytest.raises(UserInputError, match="vocabulary of .* tokens does not have"):
-        generate(loaded.model, loaded.tokenizer, "Quantum chromodynamics", SamplingConfig(max_new_tokens=2))
+    assert loaded.tokenizer.unknown_tokens("Quantum chromodynamics")  # words Shakespeare never wrote ...
+    spelled = generate(loaded.model, loaded.tokenizer, "Quantum chromodynamics", SamplingConfig(max_new_tokens=2))
+    assert isinstance(spelled, str)  # ... are spelled with the byte tokens every compact vocabulary keeps
 
 
 def test_compact_run_cli_generate_eval_and_export(compact_run: Path, data_dir: Path, tmp_path: Path,
                                                   capsys: pytest.CaptureFixture) -> None:
     assert main(["generate", str(compact_run), "--prompt", "First", "--max-new-tokens", "5", "--seed", "2"]) == 0
     assert capsys.readouterr().out.startswith("First")
-    assert main(["generate", str(compact_run), "--prompt", "Quantum chromodynamics"]) == 2
-    assert "does not have" in capsys.readouterr().err
+    assert main(["generate", str(compact_run), "--prompt", "Quantum chromodynamics", "--max-new-tokens", "2"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("Quantum chromodynamics") and "spelled with smaller tokens" in captured.err
     assert main(["eval", str(compact_run), "--data", str(data_dir), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["tokens"] == read_meta(data_dir)["val_tokens"] - 1 and result["bits_per_byte"] > 0
@@ -124,7 +137,28 @@ def test_bad_vocab_option_is_a_clear_error() -> None:
         TrainConfig(max_steps=1, vocab="tiny")
 
 
-def test_quick_cpu_preset_trains_with_a_compact_vocabulary() -> None:
+def test_the_app_offers_quick_cpu_first_on_a_cpu() -> None:
+    assert default_preset(torch.device("cpu")) == "quick-cpu"
+    assert default_preset(torch.device("cuda")) == "seed"
+
+
+def test_quick_cpu_preset_is_the_measured_recipe() -> None:
     assert "quick-cpu" in PRESETS and "quick-cpu" in TRAIN_PRESETS
-    assert TrainConfig.from_preset("quick-cpu", max_steps=1).vocab == "compact"
+    config = TrainConfig.from_preset("quick-cpu")
+    assert (config.vocab, config.optimizer, config.precision, config.max_minutes) == ("compact", "muon", "bf16", 5.0)
+    assert TrainConfig.from_preset("quick-cpu", max_steps=1).max_minutes is None  # a given stop replaces the preset's
     GPTConfig.from_preset("quick-cpu")
+
+
+def test_speedrun_benchmark_end_to_end(data_dir: Path, tmp_path: Path) -> None:
+    """bench/speedrun_cpu.py through the real command line: a few seconds of a tiny model, one run."""
+    command = [sys.executable, "-m", "bench.speedrun_cpu", "--seconds", "4", "--runs", "1", "--data", str(data_dir),
+               "--out", str(tmp_path / "runs"), "--plot", str(tmp_path / "curve.svg"), "--",
+               "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--context-length", "32", "--eval-interval", "5",
+               "--eval-batches", "2", "--precision", "fp32"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "whole validation split" in done.stdout and f"on {os.cpu_count()} CPU cores" in done.stdout
+    final = json.loads((tmp_path / "runs" / "run-0" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert final["kind"] == "status" and final["status"] == "finished"
+    assert (tmp_path / "curve.svg").read_text().startswith("<svg") and (tmp_path / "curve.html").is_file()

@@ -110,10 +110,10 @@ def test_compact_vocabulary_maps_ids_both_ways():
     assert tok.to_gpt2(ids) == [15496, 995]
     assert tok.decode(ids) == "Hello world"
     assert tok.unknown_tokens("Hello there") == [" there"]
-    with pytest.raises(UserInputError, match="not in this run's compact vocabulary"):
+    with pytest.raises(UserInputError, match="not in this run's compact vocabulary .* neither are the bytes"):
         tok.encode("Hello there")
     assert tok.encode("Hello there", unknown="eot") == [1, 2]
-    assert tok.encode_batch(["Hello there", "Hello world"]) == [[1, 2], [1, 0]]
+    assert tok.encode_batch(["Hello world", "Hello world world"]) == [[1, 0], [1, 0, 0]]
     again = Tokenizer.from_dict(json.loads(json.dumps(tok.to_dict())))
     assert again.kept_gpt2_ids == tok.kept_gpt2_ids and again.encode("Hello world") == ids
     assert Tokenizer.from_dict(None).vocab_size == GPT2_VOCAB_SIZE
@@ -122,3 +122,14 @@ def test_compact_vocabulary_maps_ids_both_ways():
 def test_compact_vocabulary_rejects_out_of_range_ids():
     with pytest.raises(UserInputError, match="outside GPT-2's range"):
         Tokenizer(kept_gpt2_ids=[GPT2_VOCAB_SIZE])
+
+
+def test_compact_vocabulary_with_the_byte_tokens_spells_any_text():
+    full = gpt2_tokenizer()
+    tok = Tokenizer([*full.encode("Hello world, the"), *range(256)])
+    for text in ["Hello there", "Quantum chromodynamics", "안녕하세요 🙂 héllo"]:
+        ids = tok.encode(text)
+        assert tok.decode(ids) == text
+        assert all(0 <= i < tok.vocab_size for i in ids)
+    assert tok.encode(" theory")[:1] == tok.encode(" the")  # longest kept piece first
+    assert tok.unknown_tokens("Hello world") == []

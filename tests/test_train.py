@@ -85,11 +85,12 @@ def test_training_writes_a_complete_run_folder(data_dir: Path, tmp_path: Path) -
     assert "finished at step 15" in (run / "README.md").read_text()
 
 
-def test_resume_and_bursts_reproduce_an_uninterrupted_run(data_dir: Path, tmp_path: Path) -> None:
-    whole = make_trainer(data_dir, tmp_path / "whole", max_steps=12)
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resume_and_bursts_reproduce_an_uninterrupted_run(data_dir: Path, tmp_path: Path, optimizer: str) -> None:
+    whole = make_trainer(data_dir, tmp_path / "whole", max_steps=12, optimizer=optimizer)
     assert whole.run() == "finished"
 
-    bursts = make_trainer(data_dir, tmp_path / "parts", max_steps=12)
+    bursts = make_trainer(data_dir, tmp_path / "parts", max_steps=12, optimizer=optimizer)
     assert bursts.run(max_steps=3) == "running"
     assert bursts.run(max_steps=2) == "running"
     assert bursts.step == 5
@@ -196,9 +197,31 @@ def test_learning_rate_schedule_warms_up_then_decays_to_the_minimum() -> None:
     assert cosine_lr(config, 100, 1.0) == pytest.approx(0.1)
 
 
+def test_muon_trains_the_block_matrices_and_adamw_the_rest(data_dir: Path, tmp_path: Path) -> None:
+    trainer = make_trainer(data_dir, tmp_path / "run", optimizer="muon", muon_learning_rate=0.05)
+    adamw, muon = trainer.optimizers
+    assert isinstance(adamw, torch.optim.AdamW) and isinstance(muon, torch.optim.Muon)
+    in_muon = {id(p) for group in muon.param_groups for p in group["params"]}
+    in_adamw = {id(p) for group in adamw.param_groups for p in group["params"]}
+    blocks = {id(p) for name, p in trainer.model.named_parameters() if name.startswith("blocks.") and p.dim() == 2}
+    assert in_muon == blocks and not in_muon & in_adamw
+    assert in_muon | in_adamw == {id(p) for p in trainer.model.parameters()}
+    assert trainer.run() == "finished"
+    assert muon.param_groups[0]["lr"] == pytest.approx(adamw.param_groups[0]["lr"] * 0.05 / QUICK["learning_rate"])
+    train_losses = list(losses(tmp_path / "run").values())
+    assert train_losses[-1] < train_losses[0]
+
+
+def test_unknown_optimizer_is_a_clear_error() -> None:
+    with pytest.raises(UserInputError, match="unknown optimizer 'sgd'; choose one of: adamw, muon"):
+        TrainConfig(max_steps=1, optimizer="sgd")
+    with pytest.raises(UserInputError, match="muon_learning_rate must be a positive number"):
+        TrainConfig(max_steps=1, optimizer="muon", muon_learning_rate=0)
+
+
 def test_weight_decay_applies_to_matrices_only(data_dir: Path, tmp_path: Path) -> None:
     trainer = make_trainer(data_dir, tmp_path / "run")
-    decayed, plain = trainer.optimizer.param_groups
+    decayed, plain = trainer.optimizers[0].param_groups
     assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
     assert all(p.dim() >= 2 for p in decayed["params"]) and all(p.dim() < 2 for p in plain["params"])
     assert trainer.model.token_embedding.weight in decayed["params"]
@@ -329,3 +352,10 @@ def test_ddp_two_cpu_processes_match_one_process(data_dir: Path, tmp_path: Path)
     assert ddp_val == pytest.approx(losses(tmp_path / "single", "eval", "val_loss")[6], rel=1e-4)
     assert ckpt.load_run(tmp_path / "ddp").step == 6
     assert sum(1 for row in ckpt.read_metrics(tmp_path / "ddp") if row["kind"] == "status") == 2  # rank 0 only
+
+
+def test_reuse_freed_cpu_memory_takes_effect_in_a_fresh_process() -> None:
+    code = "from gpt.train import reuse_freed_cpu_memory; print(reuse_freed_cpu_memory())"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == ("True" if sys.platform == "linux" else "False")

@@ -12,7 +12,7 @@ import time
 
 import gradio as gr
 
-from gpt.sampling import SamplingConfig, stream_generate
+from gpt.sampling import SamplingConfig, prompt_note, stream_generate
 from gpt.train import resolve_device
 from gpt.ui.common import AppDirs, error_text
 from gpt.ui.models import checkpoint_choices, get_run
@@ -75,6 +75,9 @@ def make_generate(dirs: AppDirs):
         seconds = max(time.perf_counter() - started, 1e-9)
         stats = (f"**{len(steps)} tokens in {seconds:.2f} s · {len(steps) / seconds:.1f} tokens/s** "
                  f"· {loaded.run_dir.name} ({checkpoint}, step {loaded.step})")
+        note = prompt_note(loaded.tokenizer, prompt)
+        if note:
+            stats += f"\n\n{note}"
         slider = gr.update(maximum=max(2, len(steps)), value=1, interactive=bool(steps))
         yield history, stats, steps, slider, why_figure(steps, 1)
 

@@ -20,11 +20,13 @@ from gpt.checkpoint import CONFIG_FILE, METRICS_FILE, SAVE_DTYPES, read_config, 
 from gpt.data import read_meta
 from gpt.model import ACTIVATIONS, NORMS, POSITIONS, GPTConfig
 from gpt.train import (
+    OPTIMIZERS,
     PRECISIONS,
     TRAIN_PRESETS,
     VOCABS,
     WANDB_MODES,
     TrainConfig,
+    default_preset,
     planned_steps,
     resolve_device,
     resolve_precision,
@@ -39,7 +41,8 @@ from gpt.ui.runs import export_run_zip, import_run_zip, known_run, recently_writ
 POLL_SECONDS = 1.0
 CHOICES = {
     "activation": ACTIVATIONS, "position": POSITIONS, "norm": NORMS, "precision": PRECISIONS,
-    "wandb": WANDB_MODES, "vocab": VOCABS, "save_dtype": tuple(SAVE_DTYPES), "device": ("auto", "cpu", "cuda", "mps"),
+    "wandb": WANDB_MODES, "vocab": VOCABS, "optimizer": OPTIMIZERS, "save_dtype": tuple(SAVE_DTYPES),
+    "device": ("auto", "cpu", "cuda", "mps"),
 }
 LABELS = {
     "n_layer": "Layers", "n_head": "Heads", "n_embd": "Width (n_embd)", "ffn_hidden": "FFN width (0 = default)",
@@ -52,14 +55,15 @@ LABELS = {
     "log_interval": "Log every (steps)", "sample_prompt": "Sample prompt", "sample_tokens": "Sample tokens",
     "sample_temperature": "Sample temperature", "seed": "Seed", "device": "Device", "precision": "Precision",
     "compile": "torch.compile", "snapshots": "Snapshots kept (Inspect tab)", "save_dtype": "Saved weights dtype",
-    "wandb": "W&B mode", "wandb_project": "W&B project",
+    "wandb": "W&B mode", "wandb_project": "W&B project", "vocab": "Vocabulary (compact: only the data's tokens)",
+    "optimizer": "Optimizer (muon: Muon for block matrices)", "muon_learning_rate": "Muon learning rate",
 }
 # Field groups as shown; any field of the configs not listed here lands in "Other", so none is missing.
 GROUPS = {
     "Model": ["n_layer", "n_head", "n_embd", "ffn_hidden", "context_length", "dropout", "activation", "position",
-              "norm", "bias"],
-    "Optimisation": ["batch_size", "grad_accum_steps", "learning_rate", "min_lr_ratio", "warmup_steps",
-                     "weight_decay", "beta1", "beta2", "grad_clip"],
+              "norm", "bias", "vocab"],
+    "Optimisation": ["optimizer", "learning_rate", "muon_learning_rate", "batch_size", "grad_accum_steps",
+                     "min_lr_ratio", "warmup_steps", "weight_decay", "beta1", "beta2", "grad_clip"],
     "Stop when (0 = not this one; the first reached stops)": ["max_steps", "max_minutes", "epochs"],
     "Evaluation and samples": ["eval_interval", "eval_batches", "log_interval", "sample_prompt", "sample_tokens",
                                "sample_temperature", "snapshots"],
@@ -231,15 +235,16 @@ def build_train_tab(dirs: AppDirs, demo: gr.Blocks) -> None:
     """The Train tab's components and events (called inside `gr.Tab("Train")`; `demo` for its load event)."""
     viewed = gr.State(None)  # the run folder this page shows
     seen = gr.State(None)  # what the last poll drew, to skip redrawing when nothing changed
+    first = default_preset(resolve_device("auto"))
     with gr.Row():
-        preset = gr.Dropdown(list(TRAIN_PRESETS), value="tiny", label="Preset (fills every field below)",
-                             elem_id="train-preset")
+        preset = gr.Dropdown([first, *(name for name in TRAIN_PRESETS if name != first)], value=first,
+                             label="Preset (fills every field below)", elem_id="train-preset")
         dataset = gr.Dropdown(_dataset_choices(dirs), value=BUNDLED_DATASET_NAME, label="Dataset",
                               allow_custom_value=True, elem_id="train-dataset")
         run_name = gr.Textbox(label="Run name (folder under the runs folder)", elem_id="train-run-name",
                               placeholder="blank = preset-dataset-date-time")
     components: dict[str, gr.components.Component] = {}
-    initial = dict(zip(FIELD_NAMES, preset_values("tiny"), strict=True))
+    initial = dict(zip(FIELD_NAMES, preset_values(first), strict=True))
     grouped = [name for names in GROUPS.values() for name in names]
     groups = {**GROUPS, "Other": [name for name in FIELD_NAMES if name not in grouped]}
     with gr.Accordion("Model and training settings", open=True):
