@@ -251,7 +251,7 @@ def reuse_freed_cpu_memory() -> bool:
     """Make glibc keep freed memory for reuse instead of returning it to the system (process-wide; for a
     training process). By default every tensor over 32 MB (the logits of a step, their gradient) is a fresh
     mmap whose pages the kernel zeroes on first touch and unmaps on free, every step: on 2 CPU cores that is
-    about 15% of a `seed` step (bench/train_speed.py). Returns False where glibc's mallopt is unavailable."""
+    15-20% of a `seed` step (bench/train_speed.py). Returns False where glibc's mallopt is unavailable."""
     try:
         libc = ctypes.CDLL("libc.so.6")
         # mallopt parameters: M_MMAP_MAX = -4 (0: never mmap), M_TRIM_THRESHOLD = -1 (never give memory back)

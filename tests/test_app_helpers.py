@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
+from gpt.data import prepare_dataset
 from gpt.model import GPTConfig
 from gpt.train import TrainConfig, planned_steps
-from gpt.ui.common import safe_name
+from gpt.ui.common import AppDirs, safe_name
 from gpt.ui.estimates import training_memory
 from gpt.ui.plots import thin, training_figure
-from gpt.ui.train_tab import FIELD_NAMES, build_configs, fields_named_in, preset_values
+from gpt.ui.train_tab import FIELD_NAMES, build_configs, fields_named_in, preset_values, summary_markdown
 
 
 @pytest.mark.parametrize("name, expected", [
@@ -61,3 +63,21 @@ def test_long_curves_are_thinned_but_keep_their_last_point():
              "tokens_per_second": 100.0} for i in range(1000)]
     figure = training_figure({"run": rows})
     assert max(len(trace.x) for trace in figure.data) <= 402
+
+
+def test_summary_counts_the_parameters_of_a_compact_vocabulary(tmp_path):
+    dirs = AppDirs(tmp_path / "data", tmp_path / "runs")
+    text = (Path(__file__).resolve().parent.parent / "assets" / "data" / "tinyshakespeare.txt").read_text()[:5000]
+    (tmp_path / "play.txt").write_text(text, encoding="utf-8")
+    prepare_dataset([tmp_path / "play.txt"], dirs.data / "play")
+    values = preset_values("quick-cpu")
+    compact = summary_markdown(dirs, "play", values)
+    assert "compact vocabulary: **" in compact
+    full_values = dict(zip(FIELD_NAMES, values, strict=True)) | {"vocab": "full"}
+    full = summary_markdown(dirs, "play", list(full_values.values()))
+    assert _parameters(compact) < _parameters(full) == GPTConfig.from_preset("quick-cpu").num_parameters()
+    assert "known once the data is prepared" in summary_markdown(dirs, "not-prepared", values)
+
+
+def _parameters(summary: str) -> int:
+    return int(summary.split(" parameters**")[0].strip("*").replace(",", ""))

@@ -17,8 +17,9 @@ from pathlib import Path
 import gradio as gr
 
 from gpt.checkpoint import CONFIG_FILE, METRICS_FILE, SAVE_DTYPES, read_config, read_metrics, run_status
-from gpt.data import read_meta
+from gpt.data import load_split, read_meta
 from gpt.model import ACTIVATIONS, NORMS, POSITIONS, GPTConfig
+from gpt.tokenizer import GPT2_VOCAB_SIZE
 from gpt.train import (
     OPTIMIZERS,
     PRECISIONS,
@@ -26,6 +27,7 @@ from gpt.train import (
     VOCABS,
     WANDB_MODES,
     TrainConfig,
+    compact_tokenizer,
     default_preset,
     planned_steps,
     resolve_device,
@@ -154,11 +156,19 @@ def summary_markdown(dirs: AppDirs, dataset: str | None, values) -> str:
         precision = resolve_precision(train.precision, device)
     except Exception as error:  # invalid fields: the message names the field
         return f"⚠️ **{error_text(error)}**"
-    params = model.num_parameters()
     train_tokens = None
     data_dir = dirs.data / safe_name(dataset or "")
-    if dataset and (data_dir / "meta.json").is_file():
+    prepared = bool(dataset) and (data_dir / "meta.json").is_file()
+    if prepared:
         train_tokens = read_meta(data_dir).get("train_tokens")
+    vocab_line = ""
+    if train.vocab == "compact" and prepared:
+        tokenizer = compact_tokenizer(load_split(data_dir, "train"), load_split(data_dir, "val"))
+        model = dataclasses.replace(model, vocab_size=tokenizer.vocab_size)
+        vocab_line = f"- compact vocabulary: **{tokenizer.vocab_size:,} tokens** (of GPT-2's {GPT2_VOCAB_SIZE:,})"
+    elif train.vocab == "compact":
+        vocab_line = "- compact vocabulary: its size (and so the parameter count) is known once the data is prepared"
+    params = model.num_parameters()
     steps = planned_steps(train, model, train_tokens)
     tokens_per_step = train.batch_size * train.grad_accum_steps * model.context_length
     memory = training_memory(model, train, precision, flash_attention=device.type == "cuda")
@@ -171,6 +181,8 @@ def summary_markdown(dirs: AppDirs, dataset: str | None, values) -> str:
         f"activations {_bytes(memory['activations'])})",
         f"- device: **{device}** ({precision})",
     ]
+    if vocab_line:
+        lines.append(vocab_line)
     if train_tokens:
         lines.append(f"- dataset: {train_tokens:,} training tokens"
                      + (f", {steps * tokens_per_step / train_tokens:.2f} epochs" if steps else ""))
