@@ -82,10 +82,14 @@ def write_svg(results: list[dict], path: Path, title: str) -> None:
     y_min = min(min(p[1] for p in points), TARGET_BITS_PER_BYTE) - 0.1
     y_max = max(p[1] for p in points) + 0.1
 
+    def x_of(seconds: float) -> float:
+        return pad + (width - 2 * pad) * seconds / x_max
+
+    def y_of(bpb: float) -> float:
+        return height - pad - (height - 2 * pad) * (bpb - y_min) / (y_max - y_min)
+
     def xy(seconds: float, bpb: float) -> str:
-        x = pad + (width - 2 * pad) * seconds / x_max
-        y = height - pad - (height - 2 * pad) * (bpb - y_min) / (y_max - y_min)
-        return f"{x:.1f},{y:.1f}"
+        return f"{x_of(seconds):.1f},{y_of(bpb):.1f}"
 
     colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"]
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
@@ -98,17 +102,15 @@ def write_svg(results: list[dict], path: Path, title: str) -> None:
              'validation bits/byte</text>']
     for tick in range(5):
         seconds, bpb = x_max * tick / 4, y_min + (y_max - y_min) * tick / 4
-        x, y = xy(seconds, y_min).split(",")[0], xy(0, bpb).split(",")[1]
-        parts.append(f'<text x="{x}" y="{height - pad + 16}" text-anchor="middle">{seconds:.0f}</text>')
-        parts.append(f'<text x="{pad - 6}" y="{y}" text-anchor="end">{bpb:.2f}</text>')
+        parts.append(f'<text x="{x_of(seconds):.1f}" y="{height - pad + 16}" text-anchor="middle">{seconds:.0f}</text>')
+        parts.append(f'<text x="{pad - 6}" y="{y_of(bpb):.1f}" text-anchor="end">{bpb:.2f}</text>')
     target = f"{xy(0, TARGET_BITS_PER_BYTE)} {xy(x_max, TARGET_BITS_PER_BYTE)}"
     parts.append(f'<polyline points="{target}" stroke="gray" stroke-dasharray="4" fill="none"/>')
     for i, result in enumerate(results):
         line = " ".join(xy(s, b) for s, b in result["curve"][1:])
         parts.append(f'<polyline points="{line}" stroke="{colors[i % len(colors)]}" stroke-width="2" fill="none"/>')
-        end = xy(result["train_seconds"], result["final_bits_per_byte"])
-        parts.append(f'<circle cx="{end.split(",")[0]}" cy="{end.split(",")[1]}" r="4" '
-                     f'fill="{colors[i % len(colors)]}"/>')
+        end_x, end_y = x_of(result["train_seconds"]), y_of(result["final_bits_per_byte"])
+        parts.append(f'<circle cx="{end_x:.1f}" cy="{end_y:.1f}" r="4" fill="{colors[i % len(colors)]}"/>')
     parts.append("</svg>")
     path.write_text("\n".join(parts) + "\n", encoding="utf-8")
 

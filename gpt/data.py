@@ -16,6 +16,7 @@ Token files always hold GPT-2 ids; a run with a compact vocabulary maps them to 
 from __future__ import annotations
 
 import codecs
+import functools
 import hashlib
 import html
 import io
@@ -865,6 +866,19 @@ def load_split(data_dir: str | os.PathLike, split: str) -> np.memmap:
     if path.stat().st_size < 4 or path.stat().st_size % 2:
         raise UserInputError(f"{path} is empty or damaged; prepare the dataset again")
     return np.memmap(path, dtype=np.uint16, mode="r")
+
+
+def split_token_counts(data_dir: str | os.PathLike, split: str = "train") -> np.ndarray:
+    """Occurrences of every GPT-2 id (length 50,257) in a split's token file; cached per file version."""
+    path = Path(data_dir) / f"{split}.bin"
+    modified_ns = path.stat().st_mtime_ns if path.exists() else 0
+    return _split_token_counts(str(Path(data_dir)), split, modified_ns)
+
+
+@functools.lru_cache(maxsize=4)
+def _split_token_counts(data_dir: str, split: str, modified_ns: int) -> np.ndarray:
+    del modified_ns  # only part of the cache key
+    return np.bincount(np.asarray(load_split(data_dir, split)), minlength=GPT2_VOCAB_SIZE)
 
 
 def token_id_map(tokenizer: Tokenizer) -> np.ndarray | None:

@@ -28,7 +28,6 @@ Text always goes through the run's `Tokenizer` (a run may use a compact vocabula
 
 from __future__ import annotations
 
-import functools
 import html
 import math
 import unicodedata
@@ -43,9 +42,10 @@ import torch
 from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 
+from gpt.data import split_token_counts
 from gpt.errors import UserInputError
 from gpt.model import GPT
-from gpt.tokenizer import GPT2_VOCAB_SIZE, Tokenizer
+from gpt.tokenizer import Tokenizer
 
 MAX_TOKENS = 128  # longest text (in tokens) the attention and loss views take; longer text is cut
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -452,22 +452,12 @@ def token_counts(run_config: dict, tokenizer: Tokenizer) -> tuple[np.ndarray | N
         where = f"its data folder {recorded!r} is not on this machine" if recorded else "it records no data folder"
         return None, f"Token frequencies of this run's training data are unavailable ({where})."
     train_file = data_dir / "train.bin"
-    gpt2_counts = _gpt2_counts(str(train_file), train_file.stat().st_mtime_ns)
+    gpt2_counts = split_token_counts(data_dir, "train")
     if tokenizer.kept_gpt2_ids is None:
         counts = gpt2_counts[: tokenizer.vocab_size]
     else:
         counts = gpt2_counts[np.asarray(tokenizer.kept_gpt2_ids)]
     return counts.astype(np.int64), f"Token frequencies from {train_file} ({int(gpt2_counts.sum()):,} tokens)."
-
-
-@functools.lru_cache(maxsize=4)
-def _gpt2_counts(train_file: str, modified_ns: int) -> np.ndarray:
-    """Occurrences of every GPT-2 id in a token file; cached per file version (`modified_ns` is the key)."""
-    from gpt.data import load_split
-
-    del modified_ns
-    tokens = np.asarray(load_split(Path(train_file).parent, "train"))
-    return np.bincount(tokens, minlength=GPT2_VOCAB_SIZE)
 
 
 def most_frequent_tokens(counts: np.ndarray | None, tokenizer: Tokenizer, n: int) -> list[int]:

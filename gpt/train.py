@@ -51,11 +51,11 @@ from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from gpt import checkpoint as ckpt
-from gpt.data import get_batch, iter_eval_batches, load_split, read_meta, token_id_map
+from gpt.data import get_batch, iter_eval_batches, load_split, read_meta, split_token_counts, token_id_map
 from gpt.errors import UserInputError, is_int, is_number
 from gpt.model import GPT, GPTConfig
 from gpt.sampling import SamplingConfig, generate
-from gpt.tokenizer import GPT2_BYTE_TOKENS, GPT2_VOCAB_SIZE, Tokenizer, gpt2_tokenizer
+from gpt.tokenizer import GPT2_BYTE_TOKENS, Tokenizer, gpt2_tokenizer
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 WANDB_MODES = ("off", "offline", "online")
@@ -197,7 +197,7 @@ class TrainConfig:
         return cls.from_dict({**base, **overrides})
 
 
-def compact_tokenizer(train_tokens: np.ndarray, val_tokens: np.ndarray) -> Tokenizer:
+def compact_tokenizer(data_dir: str | os.PathLike) -> Tokenizer:
     """The compact vocabulary of `vocab="compact"`: every GPT-2 id that occurs in the data folder's token
     files, train or validation (as character-level recipes build their alphabet from the whole text).
 
@@ -205,10 +205,8 @@ def compact_tokenizer(train_tokens: np.ndarray, val_tokens: np.ndarray) -> Token
     own row (untrained: it gets almost no probability), so validation is scored token by token exactly as
     with the full vocabulary instead of folding unseen tokens into a shared id. The 256 single-byte tokens
     are always kept, so any later prompt can be spelled with them (see `Tokenizer.from_gpt2`)."""
-    seen = np.zeros(GPT2_VOCAB_SIZE, dtype=bool)
+    seen = (split_token_counts(data_dir, "train") + split_token_counts(data_dir, "val")) > 0
     seen[:GPT2_BYTE_TOKENS] = True
-    for tokens in (train_tokens, val_tokens):
-        seen |= np.bincount(np.asarray(tokens, dtype=np.int64), minlength=GPT2_VOCAB_SIZE).astype(bool)
     return Tokenizer(np.flatnonzero(seen).tolist())
 
 
@@ -482,7 +480,7 @@ class Trainer:
         self.train_tokens = load_split(self.data_dir, "train")
         self.val_tokens = load_split(self.data_dir, "val")
         if tokenizer is None and train_config.vocab == "compact":
-            tokenizer = compact_tokenizer(self.train_tokens, self.val_tokens)
+            tokenizer = compact_tokenizer(self.data_dir)
         self.tokenizer = tokenizer or gpt2_tokenizer()
         if model_config.vocab_size != self.tokenizer.vocab_size:
             model_config = GPTConfig.from_dict({**model_config.to_dict(), "vocab_size": self.tokenizer.vocab_size})

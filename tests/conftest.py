@@ -1,4 +1,5 @@
-"""Fixtures for the app tests: a tiny run, the app served on a free port, and a headless browser.
+"""Shared fixtures: a small prepared Shakespeare data folder, a tiny run, the app served on a free port, and
+a headless browser.
 
 The app under test gets its own temporary data and runs folders, so tests never touch `data/` or
 `checkpoints/`. Screenshots go to `test-artifacts/` (git-ignored). Browser tests are marked
@@ -18,7 +19,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
 TINY_MODEL = {"context_length": 64, "n_layer": 2, "n_head": 2, "n_embd": 32}
 
 
@@ -45,6 +47,19 @@ def make_tiny_run(run_dir: Path) -> Path:
         "tokenizer": Tokenizer().to_dict(), "command": "tests/conftest.py make_tiny_run",
     })
     return run_dir
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first 20,000 characters of the bundled corpus, prepared (train/val token files + meta.json)."""
+    from gpt.data import prepare_dataset
+
+    text = (ROOT / "assets" / "data" / "tinyshakespeare.txt").read_text(encoding="utf-8")[:20000]
+    source = tmp_path_factory.mktemp("corpus") / "shakespeare.txt"
+    source.write_text(text, encoding="utf-8")
+    out = tmp_path_factory.mktemp("data") / "tiny"
+    prepare_dataset([source], out)
+    return out
 
 
 @pytest.fixture(scope="session")

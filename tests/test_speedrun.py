@@ -17,7 +17,7 @@ from transformers import GPT2LMHeadModel
 
 from gpt import checkpoint as ckpt
 from gpt.cli import main
-from gpt.data import load_split, prepare_dataset, read_meta
+from gpt.data import load_split, read_meta
 from gpt.errors import UserInputError
 from gpt.model import PRESETS, GPTConfig
 from gpt.sampling import SamplingConfig, generate
@@ -31,16 +31,6 @@ QUICK = {"batch_size": 4, "eval_interval": 5, "eval_batches": 2, "log_interval":
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    text = (ROOT / "assets" / "data" / "tinyshakespeare.txt").read_text(encoding="utf-8")[:20000]
-    source = tmp_path_factory.mktemp("corpus") / "shakespeare.txt"
-    source.write_text(text, encoding="utf-8")
-    out = tmp_path_factory.mktemp("data") / "tiny"
-    prepare_dataset([source], out)
-    return out
-
-
-@pytest.fixture(scope="module")
 def compact_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("runs") / "compact"
     config = TrainConfig(**QUICK, max_steps=6, vocab="compact", precision="bf16", device="cpu")
@@ -51,7 +41,7 @@ def compact_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 def test_compact_vocabulary_holds_exactly_the_ids_of_the_data(data_dir: Path) -> None:
     train, val = load_split(data_dir, "train"), load_split(data_dir, "val")
-    tokenizer = compact_tokenizer(train, val)
+    tokenizer = compact_tokenizer(data_dir)
     expected = set(np.unique(train).tolist()) | set(np.unique(val).tolist()) | {GPT2_EOT_ID} | set(range(256))
     assert set(tokenizer.kept_gpt2_ids) == expected
     assert tokenizer.vocab_size == len(expected) < GPT2_VOCAB_SIZE // 4
@@ -63,8 +53,7 @@ def test_compact_run_saves_its_vocabulary_and_shrinks_the_model(compact_run: Pat
     loaded = ckpt.load_run(compact_run)
     assert loaded.tokenizer.is_compact
     assert loaded.model.config.vocab_size == loaded.tokenizer.vocab_size == config["model"]["vocab_size"]
-    train, val = load_split(data_dir, "train"), load_split(data_dir, "val")
-    assert loaded.tokenizer.kept_gpt2_ids == compact_tokenizer(train, val).kept_gpt2_ids
+    assert loaded.tokenizer.kept_gpt2_ids == compact_tokenizer(data_dir).kept_gpt2_ids
 
 
 def test_bf16_autocast_trains_on_cpu_and_saves_fp32_weights(compact_run: Path) -> None:

@@ -17,7 +17,7 @@ import torch
 
 from gpt import checkpoint as ckpt
 from gpt.cli import main
-from gpt.data import prepare_dataset, read_meta
+from gpt.data import read_meta
 from gpt.errors import UserInputError
 from gpt.model import GPTConfig
 from gpt.train import TrainConfig, Trainer, cosine_lr
@@ -28,16 +28,6 @@ QUICK = {"batch_size": 4, "eval_interval": 5, "eval_batches": 2, "log_interval":
          "warmup_steps": 2, "learning_rate": 2e-2, "snapshots": 3}
 TRAIN_KEYS = {"kind", "step", "train_loss", "lr", "grad_norm", "tokens", "tokens_per_second", "elapsed"}
 EVAL_KEYS = {"kind", "step", "val_loss", "perplexity", "bits_per_byte"}
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    text = (ROOT / "assets" / "data" / "tinyshakespeare.txt").read_text(encoding="utf-8")[:20000]
-    source = tmp_path_factory.mktemp("corpus") / "shakespeare.txt"
-    source.write_text(text, encoding="utf-8")
-    out = tmp_path_factory.mktemp("data") / "tiny"
-    prepare_dataset([source], out)
-    return out
 
 
 def make_trainer(data_dir: Path, out: Path, **overrides: object) -> Trainer:

@@ -12,7 +12,6 @@ import dataclasses
 from pathlib import Path
 
 import gradio as gr
-import numpy as np
 
 from gpt.data import (
     REPLACE_MODES,
@@ -22,10 +21,11 @@ from gpt.data import (
     clean_documents,
     load_documents,
     load_hf_dataset,
-    load_split,
     prepare_dataset,
     read_meta,
+    split_token_counts,
 )
+from gpt.inspection import most_frequent_tokens
 from gpt.tokenizer import gpt2_tokenizer
 from gpt.ui.common import BUNDLED_CORPUS, BUNDLED_DATASET_NAME, AppDirs, error_text, safe_name
 
@@ -156,11 +156,10 @@ def clean_preview(loaded: LoadedSource | None, *option_values) -> str:
 
 
 def _most_frequent_tokens(data_dir: Path) -> str:
-    tokens = np.asarray(load_split(data_dir, "train"))
-    counts = np.bincount(tokens, minlength=1)
-    top = np.argsort(counts)[::-1][:TOP_TOKENS]
+    counts = split_token_counts(data_dir, "train")
     tokenizer = gpt2_tokenizer()
-    return " ".join(f"`{tokenizer.token_display(int(t))}` {counts[t] / len(tokens):.1%}" for t in top if counts[t])
+    top = most_frequent_tokens(counts, tokenizer, TOP_TOKENS)
+    return " ".join(f"`{tokenizer.token_display(t)}` {counts[t] / counts.sum():.1%}" for t in top)
 
 
 def dataset_markdown(data_dir: Path) -> str:

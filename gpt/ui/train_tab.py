@@ -17,7 +17,7 @@ from pathlib import Path
 import gradio as gr
 
 from gpt.checkpoint import CONFIG_FILE, METRICS_FILE, SAVE_DTYPES, read_config, read_metrics, run_status
-from gpt.data import load_split, read_meta
+from gpt.data import read_meta
 from gpt.model import ACTIVATIONS, NORMS, POSITIONS, GPTConfig
 from gpt.tokenizer import GPT2_VOCAB_SIZE
 from gpt.train import (
@@ -163,7 +163,7 @@ def summary_markdown(dirs: AppDirs, dataset: str | None, values) -> str:
         train_tokens = read_meta(data_dir).get("train_tokens")
     vocab_line = ""
     if train.vocab == "compact" and prepared:
-        tokenizer = compact_tokenizer(load_split(data_dir, "train"), load_split(data_dir, "val"))
+        tokenizer = compact_tokenizer(data_dir)
         model = dataclasses.replace(model, vocab_size=tokenizer.vocab_size)
         vocab_line = f"- compact vocabulary: **{tokenizer.vocab_size:,} tokens** (of GPT-2's {GPT2_VOCAB_SIZE:,})"
     elif train.vocab == "compact":
