@@ -26,7 +26,9 @@ from torch.nn import functional as F
 
 from gpt.data import get_batch, load_split, prepare_dataset
 from gpt.model import GPT, GPTConfig
-from gpt.train import TrainConfig, configure_optimizers, reuse_freed_cpu_memory
+from gpt.config import TrainConfig
+from gpt.optim import configure_optimizers
+from gpt.runtime import reuse_freed_cpu_memory
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE_TOKENS_PER_SECOND = 586  # a popular minimal GPT trainer, this configuration, these 2 cores

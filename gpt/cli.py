@@ -1,15 +1,16 @@
-"""The command line: `python -m gpt prepare | train | eval | generate | export | import-hf`.
+"""The command line: `python -m gpt prepare | train | eval | generate | export | import-hf | heads`.
 
 Each subcommand is a pair: `_add_<name>(subparsers)` declares its flags and `_run_<name>(args)` calls
-the library. Bad input raises `UserInputError` in the library; `main` turns it into one line on stderr
-and exit code 2, with no traceback.
+the library. Config flags are generated from the dataclass fields (`gpt/fields.py`), so every field has
+a flag with its help, choices and range. Bad input raises `UserInputError` in the library; `main` turns it
+into one line on stderr and exit code 2, with no traceback; under torchrun only rank 0 prints it.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
+import os
 import shlex
 import sys
 import time
@@ -17,8 +18,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gpt.errors import UserInputError
+from gpt.fields import field_specs
 
 EXIT_USER_ERROR = 2
+DEFAULT_PRESET = "tiny"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -30,7 +33,13 @@ class _Parser(argparse.ArgumentParser):
 
 # -- prepare ------------------------------------------------------------------------------------------
 def _add_prepare(subparsers: argparse._SubParsersAction) -> None:
-    """`prepare INPUT... --out DIR`: load, clean, split, tokenize to train.bin / val.bin / meta.json."""
+    """`prepare INPUT... --out DIR`: load, clean, split, tokenize to train.bin / val.bin / meta.json.
+
+    The cleaning flags are made from `CleanConfig`'s fields (`--strip-html/--no-strip-html`, `--urls MODE`,
+    ...); `--keep-duplicates` and the repeatable `--remove-pattern` keep their first spellings."""
+    from gpt.data.clean import CleanConfig
+    from gpt.fields import field_spec
+
     p = subparsers.add_parser(
         "prepare", help="turn text files or a Hugging Face dataset into token files",
         description="Load documents, clean them, split train/validation by whole documents (validation from "
@@ -42,32 +51,23 @@ def _add_prepare(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--val-fraction", type=float, default=0.1, metavar="F", help="validation share of the text (0.1)")
     p.add_argument("--split-on-blank-lines", action="store_true",
                    help="one document per blank-line-separated block of .txt/.md (default: one per file)")
+    p.add_argument("--encoding", default="auto", metavar="NAME",
+                   help="text encoding of the input files: auto (UTF-8, else detected, preferring cp1252 when "
+                        "unsure) or any Python codec name such as utf-8, cp1252, latin-1, cp1251, shift_jis")
     p.add_argument("--hf-dataset", metavar="NAME", help="a Hugging Face Hub dataset instead of files")
     p.add_argument("--hf-config", metavar="C", help="its configuration")
     p.add_argument("--hf-split", metavar="S", default="train", help="its split (train)")
     p.add_argument("--overwrite", action="store_true", help="replace a different dataset already in DIR")
     p.add_argument("--threads", type=int, default=None, metavar="N", help="tokenizer threads (default: all cores)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     clean = p.add_argument_group("cleaning (defaults keep non-English text, emoji and line breaks)")
-    clean.add_argument("--no-fix-unicode", dest="fix_unicode", action="store_false",
-                       help="do not repair broken Unicode (mojibake) with ftfy")
-    clean.add_argument("--strip-html", action="store_true", help="remove HTML tags and decode entities")
-    for name, what in (("urls", "URLs"), ("emails", "e-mail addresses"), ("phone-numbers", "phone numbers"),
-                       ("numbers", "numbers")):
-        clean.add_argument(f"--{name}", choices=("keep", "replace", "drop"), default="keep",
-                           help=f"{what}: keep (default), replace with a placeholder, or drop")
-    clean.add_argument("--remove-line-breaks", action="store_true", help="join lines with spaces")
-    clean.add_argument("--no-collapse-whitespace", dest="collapse_whitespace", action="store_false",
-                       help="keep runs of spaces, trailing spaces and runs of blank lines")
-    clean.add_argument("--lowercase", action="store_true", help="lower-case everything")
-    clean.add_argument("--to-ascii", action="store_true",
-                       help="transliterate to ASCII (drops Korean, emoji and other non-Latin text)")
-    clean.add_argument("--min-chars", type=int, default=0, metavar="N", help="drop documents shorter than N")
-    clean.add_argument("--keep-duplicates", dest="deduplicate", action="store_false",
-                       help="keep exact duplicate documents (default: drop them)")
-    clean.add_argument("--remove-pattern", action="append", default=[], metavar="REGEX",
-                       help="delete every match of a Python regular expression (repeatable)")
-    p.set_defaults(func=_run_prepare)
+    clean_fields = add_field_flags(clean, CleanConfig, skip=("remove_patterns",))
+    clean.add_argument("--keep-duplicates", dest="deduplicate", action="store_const", const=False,
+                       help="the same as --no-deduplicate")
+    patterns = field_spec(CleanConfig, "remove_patterns")
+    clean.add_argument("--remove-pattern", dest="remove_patterns", action="append", metavar="REGEX",
+                       help=f"{patterns.help} (one per flag, repeatable)")
+    p.set_defaults(func=_run_prepare, clean_fields=clean_fields)
 
 
 def _run_prepare(args: argparse.Namespace) -> int:
@@ -75,19 +75,21 @@ def _run_prepare(args: argparse.Namespace) -> int:
 
     from gpt.data import CleanConfig, load_hf_dataset, prepare_dataset
 
-    config = CleanConfig(
-        fix_unicode=args.fix_unicode, strip_html=args.strip_html, urls=args.urls, emails=args.emails,
-        phone_numbers=args.phone_numbers, numbers=args.numbers, remove_line_breaks=args.remove_line_breaks,
-        collapse_whitespace=args.collapse_whitespace, lowercase=args.lowercase, to_ascii=args.to_ascii,
-        min_chars=args.min_chars, deduplicate=args.deduplicate, remove_patterns=tuple(args.remove_pattern))
+    config = CleanConfig(**_given(args, args.clean_fields), remove_patterns=tuple(args.remove_patterns or ()))
     if args.threads is not None and args.threads < 1:
         raise UserInputError("--threads must be at least 1")
     if args.hf_dataset and args.inputs:
         raise UserInputError("give either INPUT files or --hf-dataset, not both")
     if not args.hf_dataset and not args.inputs:
         raise UserInputError("give at least one INPUT file (or --hf-dataset NAME)")
-    source = (load_hf_dataset(args.hf_dataset, args.hf_config, args.hf_split, args.column or args.field)
-              if args.hf_dataset else args.inputs)
+    if args.hf_dataset:
+        if args.quiet:
+            import datasets
+
+            datasets.disable_progress_bars()
+        source = load_hf_dataset(args.hf_dataset, args.hf_config, args.hf_split, args.column or args.field)
+    else:
+        source = args.inputs
     with tqdm(total=100, unit="%", disable=True if args.quiet else None, leave=False, file=sys.stderr,
               bar_format="{desc:<34}{bar}{percentage:3.0f}%") as bar:
         def progress(fraction: float, message: str) -> None:
@@ -96,59 +98,99 @@ def _run_prepare(args: argparse.Namespace) -> int:
 
         report = prepare_dataset(source, args.out, clean_config=config, val_fraction=args.val_fraction,
                                  overwrite=args.overwrite, progress=progress, column=args.column, field=args.field,
-                                 split_on_blank_lines=args.split_on_blank_lines, num_threads=args.threads)
+                                 split_on_blank_lines=args.split_on_blank_lines, encoding=args.encoding,
+                                 num_threads=args.threads)
     print(report.summary())
     print(f"wrote {report.out_dir}/train.bin, val.bin, meta.json")
     return 0
 
 
 # -- train / eval / generate --------------------------------------------------------------------------
-_FIELD_TYPES = {"int": int, "float": float, "str": str}
-
-
-def _add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> list[str]:
-    """One `--field-name` flag per dataclass field (default None = not given); returns the field names."""
+def add_field_flags(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> list[str]:
+    """One `--field-name` flag per `option` field of a config dataclass (default None = not given), with
+    the field's help, choices and range from its metadata; returns the field names."""
     names = []
-    for field in dataclasses.fields(cls):
-        if field.name in skip:
+    for spec in field_specs(cls):
+        if spec.name in skip:
             continue
-        flag = "--" + field.name.replace("_", "-")
-        annotation = str(field.type)
-        default = field.default if field.default is not dataclasses.MISSING else None
-        if annotation == "bool":
-            parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None,
-                                help=f"(default: {default})")
+        if spec.kind is bool:
+            parser.add_argument(spec.flag, dest=spec.name, action=argparse.BooleanOptionalAction, default=None,
+                                help=f"{spec.describe()} (default: {spec.default})")
         else:
-            kind = _FIELD_TYPES[annotation.replace(" | None", "")]
-            parser.add_argument(flag, dest=field.name, type=kind, default=None, metavar=kind.__name__.upper(),
-                                help=f"(default: {default})")
-        names.append(field.name)
+            kind = {int: _int_flag, float: float, str: str}[spec.kind]
+            parser.add_argument(spec.flag, dest=spec.name, type=kind, default=None, choices=spec.choices,
+                                metavar=None if spec.choices else spec.kind.__name__.upper(),
+                                help=f"{spec.describe()} (default: {spec.default})")
+        names.append(spec.name)
     return names
+
+
+def _int_flag(text: str) -> int:
+    """An integer flag value; `1e3`-style and `1000.0` spellings of whole numbers are accepted."""
+    try:
+        return int(text)
+    except ValueError:
+        value = float(text)
+        if not value.is_integer():
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        return int(value)
 
 
 def _given(args: argparse.Namespace, names: list[str]) -> dict:
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
+class _PresetHelp(argparse.Action):
+    """`--help` that shows each field's value under the chosen preset (`train --preset seed --help`)."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs: object) -> None:
+        super().__init__(option_strings, dest=dest, nargs=0, help="show this help (with --preset P before it: "
+                         "the values of preset P) and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        from gpt.config import get_preset
+
+        preset = get_preset(namespace.preset or DEFAULT_PRESET)
+        values_by_name = {**preset.model, **preset.train}
+        for action in parser._actions:
+            if action.dest in values_by_name and action.help:
+                action.help += f" [{preset.name}: {values_by_name[action.dest]}]"
+        parser.print_help()
+        parser.exit()
+
+
 def _add_train(subparsers: argparse._SubParsersAction) -> None:
     """`train`, `eval` and `generate`."""
+    from gpt.config import PRESETS, TrainConfig
     from gpt.model import GPTConfig
     from gpt.sampling import SamplingConfig
-    from gpt.train import TRAIN_PRESETS, TrainConfig
 
+    presets = "\n".join(f"  {name:<10} {preset.description}" for name, preset in PRESETS.items())
     train = subparsers.add_parser(
-        "train", help="train a GPT from scratch (or --resume a run)",
+        "train", help="train a GPT from scratch (or --resume a run, or --config a run's config.json)",
+        add_help=False, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train a GPT on a prepared data folder. Every model and training option has a flag; "
-                    "unset flags take the preset's value. Multi-GPU: torchrun --nproc_per_node=N -m gpt train ...")
+                    "unset flags take the preset's value. Precision `auto` is decided for this machine (bf16 "
+                    "only where it is fast here). Multi-process: torchrun --nproc_per_node=N -m gpt train ...",
+        epilog=f"presets:\n{presets}")
+    train.add_argument("-h", "--help", action=_PresetHelp)
     train.add_argument("--data", help="prepared data folder (python -m gpt prepare ... --out DIR)")
-    train.add_argument("--preset", choices=list(TRAIN_PRESETS), default="tiny", help="model + training preset")
+    train.add_argument("--preset", choices=list(PRESETS), default=None,
+                       help=f"model + training preset (default: {DEFAULT_PRESET})")
     train.add_argument("--out", help="run folder to create (default: checkpoints/<preset>-<date-time>)")
     train.add_argument("--resume", metavar="RUN", help="continue this run folder where it stopped")
+    train.add_argument("--config", metavar="FILE", help="train the run a config.json describes: into its own "
+                       "folder when that holds no checkpoint yet, else into --out (flags given change fields)")
+    train.add_argument("--dry-run", action="store_true", help="print the plan (parameters, steps, memory, "
+                       "precision for this machine) and exit without training")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--default-malloc", action="store_true",
+                       help="keep glibc's default allocator on CPU (see gpt.runtime.reuse_freed_cpu_memory)")
     model_group = train.add_argument_group("model (GPTConfig)")
     train_group = train.add_argument_group("training (TrainConfig)")
-    train.set_defaults(func=_run_train, model_fields=_add_dataclass_flags(model_group, GPTConfig, ("vocab_size",)),
-                       train_fields=_add_dataclass_flags(train_group, TrainConfig))
+    train.set_defaults(func=_run_train, model_fields=add_field_flags(model_group, GPTConfig, ("vocab_size",)),
+                       train_fields=add_field_flags(train_group, TrainConfig))
 
     evaluate = subparsers.add_parser(
         "eval", help="validation loss, perplexity and bits per byte of a run over a whole split",
@@ -169,73 +211,108 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     generate.add_argument("--device", default="auto")
     sampling_group = generate.add_argument_group("sampling (SamplingConfig)")
     generate.set_defaults(func=_run_generate,
-                          sampling_fields=_add_dataclass_flags(sampling_group, SamplingConfig, ("top_candidates",)))
-
-
-def _train_command(args: argparse.Namespace, out: str) -> str:
-    """The canonical command line that reproduces this run."""
-    parts = ["python", "-m", "gpt", "train", "--data", args.data, "--preset", args.preset, "--out", out]
-    for name, value in _given(args, args.model_fields + args.train_fields).items():
-        flag = "--" + name.replace("_", "-")
-        if isinstance(value, bool):
-            parts.append(flag if value else "--no-" + flag[2:])
-        else:
-            parts += [flag, str(value)]
-    return shlex.join(parts)
+                          sampling_fields=add_field_flags(sampling_group, SamplingConfig, ("top_candidates",)))
 
 
 def _run_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from gpt.model import GPTConfig
-    from gpt.train import TrainConfig, Trainer, dist_info_from_env, reuse_freed_cpu_memory
+    from gpt.config import resolve_preset
+    from gpt.runtime import dist_info_from_env, reuse_freed_cpu_memory
+    from gpt.train import Trainer
 
-    main_process = dist_info_from_env().is_main
-    bar = None
-
-    def on_row(row: dict) -> None:
-        if row["kind"] == "status":
-            (bar.write if bar is not None else print)(f"[{row['status']}] step {row['step']}: {row['message']}")
-        elif row["kind"] == "eval" and bar is not None:
-            bar.write(f"step {row['step']}: val loss {row['val_loss']:.4f}, "
-                      f"bits/byte {row['bits_per_byte'] or float('nan'):.4f}")
-        elif row["kind"] == "train" and bar is not None:
-            bar.update(row["step"] - bar.n)
-            bar.set_postfix(loss=f"{row['train_loss']:.4f}", tok_s=f"{row['tokens_per_second']:.0f}")
-
+    dist_info = dist_info_from_env()
+    printer = _Printer()
+    on_row = printer.on_row if dist_info.is_main else None
+    model_given, train_given = _given(args, args.model_fields), _given(args, args.train_fields)
+    chosen = [flag for flag, value in (("--resume", args.resume), ("--config", args.config)) if value]
+    if len(chosen) > 1:
+        raise UserInputError("give either --resume RUN or --config FILE, not both")
+    if args.dry_run:
+        return _dry_run(args, model_given, train_given, dist_info.world_size)
     if args.resume:
-        if _given(args, args.model_fields):
+        if model_given:
             raise UserInputError("a resumed run keeps its model; drop the model flags (or start a new run)")
-        trainer = Trainer.resume(args.resume, data_dir=args.data, on_row=on_row, **_given(args, args.train_fields))
+        trainer = Trainer.resume(args.resume, data_dir=args.data, on_row=on_row, **train_given)
+    elif args.config:
+        trainer = Trainer.from_config(args.config, out_dir=args.out, on_row=on_row, model_overrides=model_given,
+                                      train_overrides=train_given)
     else:
         if not args.data:
-            raise UserInputError("train needs --data DIR (a folder made by python -m gpt prepare), or --resume RUN")
-        out = args.out or str(Path("checkpoints") / f"{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
-        model_config = GPTConfig.from_preset(args.preset, **_given(args, args.model_fields))
-        train_config = TrainConfig.from_preset(args.preset, **_given(args, args.train_fields))
-        trainer = Trainer(model_config, train_config, args.data, out, command=_train_command(args, out), on_row=on_row)
-    if trainer.device.type == "cpu":
+            raise UserInputError("train needs --data DIR (a folder made by python -m gpt prepare), or --resume RUN "
+                                 "or --config FILE")
+        preset = args.preset or DEFAULT_PRESET
+        out = args.out or str(Path("checkpoints") / f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}")
+        model_config, train_config = resolve_preset(preset, model_given, train_given)
+        trainer = Trainer(model_config, train_config, args.data, out, preset=preset, on_row=on_row)
+    if trainer.device.type == "cpu" and not args.default_malloc:
         reuse_freed_cpu_memory()
-    if main_process and not args.no_progress:
-        bar = tqdm(total=trainer.planned_steps, initial=trainer.step, unit="step", dynamic_ncols=True)
+    if dist_info.is_main:
+        for note in trainer.notes:
+            print(f"note: {note}", file=sys.stderr)
+        if not args.no_progress:
+            printer.bar = tqdm(total=trainer.planned_steps, initial=trainer.step, unit="step", dynamic_ncols=True)
     try:
         with trainer.stop_on_signals():
             status = trainer.run()
     finally:
-        if bar is not None:
-            bar.close()
+        printer.close()
         trainer.close()
-    if main_process:
+    if dist_info.is_main:
         print(f"{status}: {trainer.run_dir} (step {trainer.step}, best val loss {trainer.best_val_loss:.4f})")
     return 1 if status in ("diverged", "failed") else 0
 
 
-def _run_eval(args: argparse.Namespace) -> int:
-    from gpt.checkpoint import read_config
-    from gpt.train import evaluate_run
+class _Printer:
+    """Prints a training run's status lines and evaluations, and drives its progress bar."""
 
-    data = args.data or read_config(args.run)["data"]["dir"]
-    result = evaluate_run(args.run, data, batch_size=args.batch_size, device=args.device,
+    def __init__(self) -> None:
+        self.bar = None
+
+    def on_row(self, row: dict) -> None:
+        write = self.bar.write if self.bar is not None else print
+        if row["kind"] == "status":
+            write(f"[{row['status']}] step {row['step']}: {row['message']}")
+        elif row["kind"] == "eval" and self.bar is not None:
+            label = "whole split" if row.get("scope") == "full" else "estimate"
+            bpb = row["bits_per_byte"]
+            write(f"step {row['step']}: val loss {row['val_loss']:.4f}, bits/byte "
+                  f"{'n/a' if bpb is None else f'{bpb:.4f}'} ({label})")
+        elif row["kind"] == "train" and self.bar is not None:
+            self.bar.update(row["step"] - self.bar.n)
+            self.bar.set_postfix(loss=f"{row['train_loss']:.4f}", tok_s=f"{row['tokens_per_second']:.0f}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _dry_run(args: argparse.Namespace, model_given: dict, train_given: dict, world_size: int) -> int:
+    """`train --dry-run`: the plan of what the same command would train, then exit."""
+    from gpt.config import TrainConfig, resolve_preset
+    from gpt.model import GPTConfig
+    from gpt.plan import make_plan
+    from gpt.run import Run, RunConfig
+
+    if args.resume or args.config:
+        config = Run.open(args.resume).config if args.resume else RunConfig.read(args.config)
+        if config.train is None:
+            raise UserInputError("that run records no training options (imported weights?)")
+        model = GPTConfig.from_dict({**config.model.to_dict(), **model_given})
+        train = TrainConfig.from_dict({**config.train.to_dict(), **train_given})
+        data = args.data or config.data.dir
+    else:
+        model, train = resolve_preset(args.preset or DEFAULT_PRESET, model_given, train_given)
+        data = args.data
+    plan = make_plan(model, train, data, world_size=world_size)
+    print("\n".join(line.replace("**", "") for line in plan.lines()))
+    return 0
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from gpt.evaluate import evaluate_run
+
+    result = evaluate_run(args.run, args.data, batch_size=args.batch_size, device=args.device,
                           checkpoint=args.checkpoint, split=args.split)
     if args.json:
         print(json.dumps(result))
@@ -248,11 +325,11 @@ def _run_eval(args: argparse.Namespace) -> int:
 
 
 def _run_generate(args: argparse.Namespace) -> int:
-    from gpt.checkpoint import load_run
+    from gpt.run import Run
+    from gpt.runtime import resolve_device
     from gpt.sampling import SamplingConfig, prompt_note, stream_generate
-    from gpt.train import resolve_device
 
-    loaded = load_run(args.run, checkpoint=args.checkpoint, device=resolve_device(args.device))
+    loaded = Run.open(args.run).load(args.checkpoint, device=resolve_device(args.device))
     config = SamplingConfig(**_given(args, args.sampling_fields))
     note = prompt_note(loaded.tokenizer, args.prompt)
     if note:
@@ -285,13 +362,13 @@ def _add_export(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from gpt.checkpoint import load_run
     from gpt.hf import export_hf
+    from gpt.run import Run
 
     out = Path(args.hf)
     if (out / "config.json").exists() and not args.overwrite:
         raise UserInputError(f"{out} already holds a model; pass --overwrite to replace it")
-    loaded = load_run(args.run, checkpoint=args.checkpoint)
+    loaded = Run.open(args.run).load(args.checkpoint)
     export_hf(loaded.model, out, loaded.tokenizer)
     print(f"exported {loaded.run_dir.name} ({loaded.checkpoint}, step {loaded.step}) to {out}: "
           f"load it with transformers.GPT2LMHeadModel.from_pretrained({str(out)!r})")
@@ -299,24 +376,23 @@ def _run_export(args: argparse.Namespace) -> int:
 
 
 def _run_import_hf(args: argparse.Namespace) -> int:
-    from gpt.checkpoint import CONFIG_FILE, LAST_FILE, atomic_write_json, save_weights, write_model_card
+    from gpt.card import write_model_card
     from gpt.hf import import_hf
+    from gpt.run import LAST_FILE, DataRef, RunConfig, create_run, has_checkpoint, save_weights
     from gpt.tokenizer import gpt2_tokenizer
 
     out = Path(args.out)
-    if (out / CONFIG_FILE).exists() and not args.overwrite:
+    if has_checkpoint(out) and not args.overwrite:
         raise UserInputError(f"{out} is already a run folder; pass --overwrite to replace it")
     model = import_hf(args.hf_dir)
-    config = {
-        "model": model.config.to_dict(),
-        "train": {},
-        "data": {"dir": "", "meta": {"source": f"imported from Hugging Face folder {args.hf_dir}"}},
-        "tokenizer": gpt2_tokenizer().to_dict(),
-        "command": shlex.join(["python", "-m", "gpt", "import-hf", str(args.hf_dir), "--out", str(out)]),
-    }
-    out.mkdir(parents=True, exist_ok=True)
+    config = RunConfig(model=model.config, train=None,
+                       data=DataRef("", {"source": f"imported from Hugging Face folder {args.hf_dir}"}),
+                       tokenizer=gpt2_tokenizer(),
+                       command=shlex.join(["python", "-m", "gpt", "import-hf", str(args.hf_dir), "--out", str(out)]))
+    if args.overwrite:
+        (out / LAST_FILE).unlink(missing_ok=True)
+    create_run(out, config)
     save_weights(model, out / LAST_FILE, step=0)
-    atomic_write_json(out / CONFIG_FILE, config)
     write_model_card(out, config)
     print(f"imported {args.hf_dir} ({model.num_parameters():,} parameters) as run {out}")
     return 0
@@ -335,7 +411,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
     except UserInputError as error:
-        print(f"error: {error}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank fails alike: say it once
+            print(f"error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -35,13 +35,15 @@ def option(
     step: float | None = None,
     ui_maximum: float | None = None,
     optional: bool = False,
+    noun: str | None = None,
 ) -> Any:
     """A dataclass field with its metadata. `minimum`/`maximum` bound numbers (inclusive unless the
     `exclusive_*` flag says otherwise); `ui_maximum` is a slider's end when the valid range is open-ended;
-    `optional` means None is allowed ("not set")."""
+    `optional` means None is allowed ("not set"); `noun` names the value in messages ("unknown wandb mode")
+    when the field name alone would read oddly."""
     metadata = {"label": label, "help": help, "choices": choices, "minimum": minimum, "maximum": maximum,
                 "exclusive_minimum": exclusive_minimum, "exclusive_maximum": exclusive_maximum, "step": step,
-                "ui_maximum": ui_maximum, "optional": optional}
+                "ui_maximum": ui_maximum, "optional": optional, "noun": noun}
     if isinstance(default, list | dict | set):
         raise TypeError("use a tuple or None as a default, not a mutable value")
     return dataclasses.field(default=default, metadata={"spec": metadata})
@@ -64,6 +66,7 @@ class FieldSpec:
     step: float | None
     ui_maximum: float | None
     optional: bool
+    noun: str | None
 
     @property
     def flag(self) -> str:
@@ -145,7 +148,8 @@ def check_field(spec: FieldSpec, value: Any) -> None:
         if not isinstance(value, str):
             raise UserInputError(f"{name} must be text, got {value!r}", field=name)
         if spec.choices is not None and value not in spec.choices:
-            raise UserInputError(f"unknown {name} {value!r}; choose one of: {', '.join(spec.choices)}", field=name)
+            raise UserInputError(f"unknown {spec.noun or name} {value!r}; choose one of: {', '.join(spec.choices)}",
+                                 field=name)
         return
     if spec.kind is tuple:
         if not isinstance(value, tuple) or not all(isinstance(item, str) for item in value):
@@ -153,18 +157,25 @@ def check_field(spec: FieldSpec, value: Any) -> None:
         return
     is_int = isinstance(value, int) and not isinstance(value, bool)
     is_number = is_int or (isinstance(value, float) and math.isfinite(value))
-    if spec.kind is int and not is_int:
-        raise UserInputError(f"{name} must be an integer {spec.range_text()}, got {value!r}".replace("  ", " "),
-                             field=name)
-    if spec.kind is float and not is_number:
-        raise UserInputError(f"{name} must be a number {spec.range_text()}, got {value!r}".replace("  ", " "),
-                             field=name)
     low, high = spec.minimum, spec.maximum
-    too_low = low is not None and (value <= low if spec.exclusive_minimum else value < low)
-    too_high = high is not None and (value >= high if spec.exclusive_maximum else value > high)
-    if too_low or too_high:
-        what = "an integer" if spec.kind is int else "a number"
-        raise UserInputError(f"{name} must be {what} {spec.range_text()}, got {value!r}", field=name)
+    fits = is_int if spec.kind is int else is_number
+    if fits:
+        too_low = low is not None and (value <= low if spec.exclusive_minimum else value < low)
+        too_high = high is not None and (value >= high if spec.exclusive_maximum else value > high)
+        fits = not (too_low or too_high)
+    if not fits:
+        raise UserInputError(f"{name} must be {_what(spec)}, got {value!r}", field=name)
+
+
+def _what(spec: FieldSpec) -> str:
+    """'a positive integer', 'a number in [0, 1)', 'an integer >= 0', ..."""
+    noun = "integer" if spec.kind is int else "number"
+    positive = spec.maximum is None and (
+        (spec.minimum == 0 and spec.exclusive_minimum) or (spec.kind is int and spec.minimum == 1))
+    if positive:
+        return f"a positive {noun}"
+    article = "an" if noun == "integer" else "a"
+    return f"{article} {noun} {spec.range_text()}".rstrip()
 
 
 def check_fields(config: Any) -> None:
@@ -180,7 +191,7 @@ def from_dict(cls: type, data: dict, what: str) -> Any:
     allowed = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(data) - set(allowed))
     if unknown:
-        raise UserInputError(f"unknown {what} option(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
+        raise UserInputError(f"unknown {what} option(s) {', '.join(unknown)}; allowed options: {', '.join(allowed)}")
     values = {}
     for key, value in data.items():
         if isinstance(value, list):  # JSON has no tuples

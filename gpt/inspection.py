@@ -1,59 +1,89 @@
-"""Looking inside a trained GPT: attention maps, embeddings and per-token loss, as numbers and plotly figures.
+"""Looking inside a trained GPT, as numbers: attention, head types, the logit lens, embeddings, per-token loss.
+
+Every figure and HTML view of these numbers is in `gpt/figures.py`; this module returns arrays, dataclasses
+and tables only, so the trainer, the command line and a notebook use it as the Inspect tab does.
 
 Attention
     `compute_attention(model, tokenizer, text)` runs the model's explicit attention path
     (`GPT.forward_with_attention`) on at most `MAX_TOKENS` tokens of the text and keeps every layer's
-    probabilities as one array `probs` (n_layer, n_head, T, T). The figures draw those numbers unchanged:
-    `attention_grid_figure` (every layer x head, small), `attention_head_figure` (one head, or the mean over
-    heads and/or layers, large with token labels), `head_view_figure` (bertviz-style lines from each token to
-    the tokens it attends to) and `training_replay_figure` (one head across the run's snapshot checkpoints,
-    with a step slider). `head_statistics` gives entropy and the share of weight on the previous token, on
-    the first token and on the token itself, per head, as a table.
+    probabilities as one array `probs` (n_layer, n_head, T, T). `attention_matrix` picks one head or a mean;
+    `head_statistics` gives entropy and the share of weight on the previous token, on the first token and
+    on the token itself, per head, as a table.
+
+Head types (the probe)
+    Detection patterns as in TransformerLens' `head_detector`: *previous-token* (query i -> key i-1),
+    *duplicate-token* (query i -> earlier keys holding the same token), *induction* (query i -> the key
+    right after an earlier occurrence of token i), plus the *first-token* share (query i >= 1 -> key 0, the
+    "attention sink"). `pattern_score` is TransformerLens' "mul" measure, the share of a head's attention that
+    falls on the pattern's (query, key) pairs, taken over the query positions the pattern covers (those
+    with at least one marked key), so a perfect head scores 1. TransformerLens divides by every position
+    instead; its number is ours x (covered positions / all positions): just under 0.5 for duplicate and
+    induction on a sequence repeated twice.
+    A `Probe` is fixed per run: `PROBE_SEQUENCES` sequences of <|endoftext|> + n random tokens + the same n
+    tokens again (drawn once from `seed`, from the tokens of the run's training split), and `PROBE_WINDOWS`
+    windows of the validation split. `score_probe(model, probe)` scores every layer x head on the repeated
+    sequences and the in-context learning score on the windows; the trainer calls it at each evaluation and
+    appends `{"step": step, **row}` to metrics.jsonl (the `heads` row kind, described in `score_probe`).
+
+In-context learning score
+    Olsson et al. 2022 ("In-context learning and induction heads"): the loss at token 500 of the context
+    minus the loss at token 50, averaged over examples; negative when later tokens are predicted better
+    because the model uses its context. `icl_positions` scales both positions by context_length / 512 for
+    contexts shorter than 512 tokens and averages a band of a few positions around each (see there).
+
+Logit lens
+    `logit_lens(model, tokenizer, text)` applies the final norm and the unembedding to the residual stream
+    after each layer: the top prediction there and the probability and rank of the true next token, as
+    (layer, position) arrays.
 
 Embeddings
-    `token_counts` counts the tokens of the run's training split (the data folder recorded in the run's
-    config.json); `embedding_figure` projects the token embeddings of the most frequent tokens to 2D or 3D by
-    PCA; `nearest_neighbours` ranks tokens by cosine similarity; `position_similarity_figure` draws the
-    cosine similarity of learned position embeddings (RoPE runs have none, and the figure says so).
+    `token_counts` counts the tokens of a run's training split; `embedding_projection` projects the token
+    embeddings of the most frequent tokens to 2D or 3D by PCA; `nearest_neighbours` ranks tokens by cosine
+    similarity; `position_similarity` compares learned position embeddings (RoPE runs have none).
 
 Per-token loss
     `token_losses` scores a text the way training does, after an `<|endoftext|>` token (so the first token of
-    the text is predicted too, as at the start of a training document): surprisal of every token, the top-5
-    predictions at each position, mean loss and bits per byte. `token_loss_html` colours each token by its
-    surprisal with the predictions on hover.
+    the text is predicted too, as at the start of a training document): surprisal and rank of every token,
+    the top-k predictions at each position, mean loss and bits per byte.
 
-Text always goes through the run's `Tokenizer` (a run may use a compact vocabulary); labels use
-`Tokenizer.token_display` (␣ for a leading space, ↵ for a newline).
+Text always goes through the run's `Tokenizer` (a run may use a compact vocabulary); labels come from
+`Tokenizer.display_labels` (␣ for a leading space, ↵ for a newline, split UTF-8 characters made whole).
 """
 
 from __future__ import annotations
 
-import html
+import contextlib
 import math
+import time
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 import torch
-from plotly.colors import sample_colorscale
-from plotly.subplots import make_subplots
+from torch.nn import functional as F
 
-from gpt.data import split_token_counts
+from gpt.data import load_split, split_token_counts, token_id_map
 from gpt.errors import UserInputError
 from gpt.model import GPT
 from gpt.tokenizer import Tokenizer
 
 MAX_TOKENS = 128  # longest text (in tokens) the attention and loss views take; longer text is cut
 REPO_ROOT = Path(__file__).resolve().parent.parent
-ATTENTION_COLORSCALE = [[0.0, "#ffffff"], [0.15, "#c6dbef"], [0.5, "#4292c6"], [1.0, "#08306b"]]
-MASKED_COLOR = "#eeeeee"  # background behind future positions, which causal attention cannot see
-SURPRISAL_SCALE_BITS = 12.0  # surprisal at which a token's colour saturates
 TOKEN_CLASSES = ("word start", "punctuation", "digit", "other")
-CLASS_COLORS = {"word start": "#1f77b4", "punctuation": "#d62728", "digit": "#2ca02c", "other": "#7f7f7f"}
+HEAD_SCORES = ("previous_token", "duplicate_token", "induction", "first_token")
+# An induction head "has formed" when at least this share of its attention from the repeated half goes to
+# the one token induction predicts. A head that spreads its attention evenly puts about 1/position (1-3% on
+# the probe) there, and previous-token or duplicate-token heads put ~0 there (their keys are one off).
+INDUCTION_THRESHOLD = 0.4
+PROBE_SEQUENCES = 4  # repeated random sequences per probe
+PROBE_MAX_REPEAT = 64  # n: random tokens per half (fewer when the context is shorter)
+PROBE_WINDOWS = 16  # validation windows of context_length + 1 tokens for the in-context learning score
+PROBE_MIN_CONTEXT = 16
+ICL_REFERENCE_CONTEXT = 512  # Olsson et al.'s positions 50 and 500 are used as they are from this context up
+ICL_EARLY, ICL_LATE = 50, 500
 
 
 # -- text -> model input -----------------------------------------------------------------------------
@@ -88,7 +118,11 @@ def encode_text(tokenizer: Tokenizer, text: str, max_tokens: int) -> EncodedText
     if truncated:
         notes.append(f"the text has {len(ids)} tokens; only the first {max_tokens} are inspected")
         ids = ids[:max_tokens]
-    return EncodedText(ids, [tokenizer.token_display(i) for i in ids], truncated, notes)
+    labels = tokenizer.display_labels(ids)
+    if labels != [tokenizer.token_display(i) for i in ids]:
+        notes.append("some characters are split across several byte tokens: each piece shows the whole "
+                     "character, marked [k/n]")
+    return EncodedText(ids, labels, truncated, notes)
 
 
 def token_cap(model: GPT, max_tokens: int = MAX_TOKENS, reserved: int = 0) -> int:
@@ -98,6 +132,19 @@ def token_cap(model: GPT, max_tokens: int = MAX_TOKENS, reserved: int = 0) -> in
 
 def _device(model: GPT) -> torch.device:
     return next(model.parameters()).device
+
+
+@contextlib.contextmanager
+def _evaluating(model: GPT) -> Iterator[None]:
+    """The model in eval mode (no dropout) and without gradients, put back as it was afterwards (the trainer
+    scores its probe in the middle of training)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        model.train(was_training)
 
 
 # -- attention --------------------------------------------------------------------------------------------
@@ -124,217 +171,28 @@ class AttentionMaps:
         return self.probs.shape[2]
 
 
-@torch.inference_mode()
 def compute_attention(model: GPT, tokenizer: Tokenizer, text: str, max_tokens: int = MAX_TOKENS) -> AttentionMaps:
     """Every layer's attention probabilities for `text` (at most `max_tokens` tokens, and the context length)."""
     encoded = encode_text(tokenizer, text, token_cap(model, max_tokens))
-    idx = torch.tensor([encoded.ids], dtype=torch.long, device=_device(model))
-    _, attentions = model.forward_with_attention(idx)
-    probs = torch.stack([a[0] for a in attentions]).float().cpu().numpy()  # (L, H, T, T)
+    with _evaluating(model):
+        idx = torch.tensor([encoded.ids], dtype=torch.long, device=_device(model))
+        _, attentions = model.forward_with_attention(idx)
+        probs = torch.stack([a[0] for a in attentions]).float().cpu().numpy()  # (L, H, T, T)
     return AttentionMaps(encoded.ids, encoded.labels, probs, encoded.truncated, encoded.notes)
 
 
-def _check_index(name: str, value: int | None, size: int) -> None:
+def check_index(name: str, value: int | None, size: int) -> None:
     if value is not None and not 0 <= value < size:
         raise UserInputError(f"{name} {value} does not exist: this model has {name}s 0..{size - 1}")
 
 
 def attention_matrix(maps: AttentionMaps, layer: int | None, head: int | None) -> np.ndarray:
     """One (T, T) map: a head of a layer, or the mean over heads (`head=None`) and/or layers (`layer=None`)."""
-    _check_index("layer", layer, maps.n_layer)
-    _check_index("head", head, maps.n_head)
+    check_index("layer", layer, maps.n_layer)
+    check_index("head", head, maps.n_head)
     probs = maps.probs if layer is None else maps.probs[layer : layer + 1]
     probs = probs if head is None else probs[:, head : head + 1]
     return probs.mean(axis=(0, 1))
-
-
-def describe_selection(layer: int | None, head: int | None) -> str:
-    layer_text = "mean over layers" if layer is None else f"layer {layer}"
-    head_text = "mean over heads" if head is None else f"head {head}"
-    return f"{layer_text}, {head_text}"
-
-
-def _causal(matrix: np.ndarray) -> np.ndarray:
-    """The matrix with future positions (which causal attention cannot see) set to NaN, drawn as blank."""
-    T = matrix.shape[-1]
-    return np.where(np.tri(T, dtype=bool), matrix, np.nan).astype(np.float32)
-
-
-def attention_grid_figure(maps: AttentionMaps) -> go.Figure:
-    """Every layer (rows) x head (columns) as a small heatmap sharing one 0..1 colour scale."""
-    L, H, T = maps.n_layer, maps.n_head, maps.length
-    fig = make_subplots(
-        rows=L,
-        cols=H,
-        horizontal_spacing=0.012,
-        vertical_spacing=0.012 * max(1.0, H / L),
-        column_titles=[f"head {h}" for h in range(H)],
-        row_titles=[f"layer {layer}" for layer in range(L)],
-    )
-    traces, rows, cols, anchors = [], [], [], {}
-    for layer in range(L):
-        for head in range(H):
-            traces.append(
-                go.Heatmap(
-                    z=_causal(maps.probs[layer, head]),
-                    coloraxis="coloraxis",
-                    hovertemplate=(
-                        f"layer {layer}, head {head}<br>query %{{y}} → key %{{x}}<br>weight %{{z:.4f}}<extra></extra>"
-                    ),
-                )
-            )
-            rows.append(layer + 1)
-            cols.append(head + 1)
-            k = layer * H + head + 1
-            anchors[f"yaxis{k if k > 1 else ''}"] = {"scaleanchor": f"x{k if k > 1 else ''}"}
-    fig.add_traces(traces, rows=rows, cols=cols)
-    fig.update_layout(anchors)
-    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False, constrain="domain")
-    fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False, autorange="reversed", constrain="domain")
-    cell = max(70, min(140, 1000 // H))
-    fig.update_layout(
-        coloraxis={"colorscale": ATTENTION_COLORSCALE, "cmin": 0.0, "cmax": 1.0, "colorbar": {"title": "weight"}},
-        height=L * cell + 90,
-        margin={"l": 20, "r": 40, "t": 70, "b": 20},
-        plot_bgcolor=MASKED_COLOR,
-        title={"text": f"Attention of every head ({T} tokens; row = query, column = key; blank = future)", "x": 0},
-        font={"size": 11},
-    )
-    fig.for_each_annotation(lambda a: a.update(font={"size": 11}))
-    return fig
-
-
-def _tick_font_size(T: int) -> int:
-    return 12 if T <= 32 else 10 if T <= 64 else 8
-
-
-def _numbered(labels: Sequence[str]) -> list[str]:
-    return [f"{i}:{label}" for i, label in enumerate(labels)]
-
-
-def _attention_heatmap(matrix: np.ndarray, labels: Sequence[str]) -> go.Heatmap:
-    """A (T, T) attention map with both tokens and the exact weight on hover."""
-    T = len(labels)
-    hover = [[f"query {i} {labels[i]} → key {j} {labels[j]}" for j in range(T)] for i in range(T)]
-    return go.Heatmap(
-        z=matrix,
-        text=hover,
-        hovertemplate="%{text}<br>weight %{z:.4f}<extra></extra>",
-        colorscale=ATTENTION_COLORSCALE,
-        zmin=0.0,
-        zmax=1.0,
-        colorbar={"title": "weight"},
-    )
-
-
-def attention_head_figure(maps: AttentionMaps, layer: int | None, head: int | None) -> go.Figure:
-    """One head (or a mean) large: tokens on both axes, the exact weight and both tokens on hover."""
-    matrix = _causal(attention_matrix(maps, layer, head))
-    T = maps.length
-    labels = maps.labels
-    fig = go.Figure(_attention_heatmap(matrix, labels))
-    ticks = {"tickmode": "array", "tickvals": list(range(T)), "ticktext": labels, "showgrid": False}
-    ticks["tickfont"] = {"size": _tick_font_size(T)}
-    fig.update_xaxes(title="key: the token attended to", tickangle=-90, side="bottom", constrain="domain", **ticks)
-    fig.update_yaxes(
-        title="query: the token attending", autorange="reversed", scaleanchor="x", constrain="domain", **ticks
-    )
-    side = min(1100, max(460, 14 * T + 200))
-    fig.update_layout(
-        height=side,
-        plot_bgcolor=MASKED_COLOR,
-        margin={"l": 10, "r": 10, "t": 50, "b": 10},
-        title={"text": f"Attention: {describe_selection(layer, head)}", "x": 0},
-    )
-    return fig
-
-
-def head_view_figure(
-    maps: AttentionMaps, layer: int | None, head: int | None, selected: int | None = None, min_weight: float = 0.03
-) -> go.Figure:
-    """bertviz-style head view: each token on the left is joined to the tokens it attends to on the right,
-    line width and opacity growing with the weight. `selected` (a query position) keeps only its lines,
-    all of them, with the weights on hover at the right-hand ends. Without a selection, weights below
-    `min_weight` are not drawn (a diffuse head over a long text would otherwise be a solid block)."""
-    matrix = attention_matrix(maps, layer, head)
-    T = maps.length
-    _check_index("token position", selected, T)
-    labels = maps.labels
-    fig = go.Figure()
-    allowed = np.tri(T, dtype=bool)
-    if selected is None:
-        allowed &= matrix >= min_weight
-    else:
-        allowed &= np.arange(T)[:, None] == selected
-    level = np.minimum((matrix * 10).astype(int), 9)  # ten width/opacity levels of 0.1 each
-    for bucket in range(10):
-        queries, keys = np.nonzero(allowed & (level == bucket))
-        if len(queries) == 0:
-            continue
-        xs = np.tile([0.0, 1.0, np.nan], len(queries))
-        ys = np.stack([-queries, -keys, np.full(len(queries), np.nan)], axis=1).ravel()
-        mid = (bucket + 0.5) / 10
-        fig.add_trace(
-            go.Scatter(
-                x=xs,
-                y=ys,
-                mode="lines",
-                line={"width": 0.5 + 6 * mid, "color": f"rgba(33, 102, 172, {0.1 + 0.9 * mid:.2f})"},
-                hoverinfo="skip",
-                showlegend=False,
-            )
-        )
-    highlight = [selected] if selected is not None else []
-    left_colors = ["#d62728" if i in highlight else "#222222" for i in range(T)]
-    fig.add_trace(
-        go.Scatter(
-            x=[0.0] * T,
-            y=[-i for i in range(T)],
-            mode="text",
-            text=labels,
-            textposition="middle left",
-            textfont={"color": left_colors, "size": 12},
-            hovertext=[f"query {i}: {labels[i]}" for i in range(T)],
-            hoverinfo="text",
-            showlegend=False,
-        )
-    )
-    if selected is None:
-        right_hover = [f"key {j}: {labels[j]}" for j in range(T)]
-    else:
-        right_hover = [
-            f"{labels[selected]} ({selected}) → {labels[j]} ({j}): {matrix[selected, j]:.4f}" if j <= selected
-            else f"{labels[j]} ({j}): in the future of {labels[selected]}"
-            for j in range(T)
-        ]
-    fig.add_trace(
-        go.Scatter(
-            x=[1.0] * T,
-            y=[-j for j in range(T)],
-            mode="text",
-            text=labels,
-            textposition="middle right",
-            textfont={"size": 12},
-            hovertext=right_hover,
-            hoverinfo="text",
-            showlegend=False,
-        )
-    )
-    fig.update_xaxes(visible=False, range=[-0.6, 1.6])
-    fig.update_yaxes(visible=False, range=[-T + 0.3, 0.7])
-    title = f"Head view: {describe_selection(layer, head)}"
-    if selected is None:
-        title += f"<br><sup>weights below {min_weight:g} not drawn; pick a token to see all of its lines</sup>"
-    else:
-        title += f"<br><sup>lines of token {selected} {labels[selected]}</sup>"
-    fig.update_layout(
-        height=max(300, 18 * T + 80),
-        margin={"l": 10, "r": 10, "t": 50, "b": 10},
-        plot_bgcolor="white",
-        title={"text": title, "x": 0},
-        hoverlabel={"font": {"size": 13}},
-    )
-    return fig
 
 
 def head_statistics(maps: AttentionMaps) -> pd.DataFrame:
@@ -371,69 +229,304 @@ def head_statistics(maps: AttentionMaps) -> pd.DataFrame:
     return pd.DataFrame.from_records(records)
 
 
-def training_replay_figure(
-    snapshots: Sequence[tuple[int, AttentionMaps]], layer: int | None, head: int | None
-) -> go.Figure:
-    """One head's map at every snapshot step, as plotly frames with a step slider and a play button."""
-    if not snapshots:
-        raise UserInputError("this run has no snapshot checkpoints; train with snapshots enabled to replay training")
-    steps = [step for step, _ in snapshots]
-    labels = snapshots[-1][1].labels
-    T = len(labels)
-    matrices = [_causal(attention_matrix(maps, layer, head)) for _, maps in snapshots]
-    fig = go.Figure(_attention_heatmap(matrices[-1], labels), frames=[
-        go.Frame(data=[_attention_heatmap(m, labels)], name=str(step),
-                 layout={"title": {"text": _replay_title(step, layer, head)}})
-        for step, m in zip(steps, matrices, strict=True)
+# -- head types -------------------------------------------------------------------------------------------
+def previous_token_pattern(ids: Sequence[int]) -> np.ndarray:
+    """(T, T) bool: query i attends to key i-1 (TransformerLens' previous-token detection pattern)."""
+    return np.eye(len(ids), k=-1, dtype=bool)
+
+
+def duplicate_token_pattern(ids: Sequence[int]) -> np.ndarray:
+    """(T, T) bool: query i attends to every earlier key j < i holding the same token."""
+    ids = np.asarray(ids)
+    return np.tril(ids[:, None] == ids[None, :], k=-1)
+
+
+def induction_pattern(ids: Sequence[int]) -> np.ndarray:
+    """(T, T) bool: query i attends to key j when token j-1 is an earlier occurrence of token i (the token
+    that followed it last time): the duplicate-token pattern shifted one key to the right."""
+    duplicate = duplicate_token_pattern(ids)
+    pattern = np.zeros_like(duplicate)
+    pattern[:, 1:] = duplicate[:, :-1]
+    return pattern
+
+
+def first_token_pattern(ids: Sequence[int]) -> np.ndarray:
+    """(T, T) bool: query i >= 1 attends to key 0 (the "attention sink")."""
+    pattern = np.zeros((len(ids), len(ids)), dtype=bool)
+    pattern[1:, 0] = True
+    return pattern
+
+
+PATTERNS: dict[str, Callable[[Sequence[int]], np.ndarray]] = {
+    "previous_token": previous_token_pattern,
+    "duplicate_token": duplicate_token_pattern,
+    "induction": induction_pattern,
+    "first_token": first_token_pattern,
+}
+
+
+def pattern_score(probs: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
+    """The share of attention on a detection pattern: sum(A * P) / sum(A over the covered query rows).
+
+    probs (..., T, T) attention probabilities, pattern (T, T) or (..., T, T) bool/0-1, broadcast against
+    probs. A query row is covered when the pattern marks at least one key in it. Returns (...)."""
+    pattern = pattern.to(probs.dtype)
+    covered = pattern.amax(dim=-1, keepdim=True)  # (..., T, 1): 1 on rows with a marked key
+    return (probs * pattern).sum(dim=(-2, -1)) / (probs * covered).sum(dim=(-2, -1))
+
+
+def icl_positions(context_length: int) -> tuple[list[int], list[int]]:
+    """The context positions (1-based: position p is the prediction made after seeing p tokens) whose mean
+    loss is compared: (early band, late band).
+
+    Olsson et al. compare positions 50 and 500. For a context shorter than 512 tokens both are scaled by
+    s = context_length / 512 (rounded half up); each is widened to a band of k = max(1, round(8 s))
+    positions on either side, clamped to 1..context_length, so that a few validation windows give a steady
+    number. E.g. context 128: early 10..14, late 123..127; context 256: 21..29 and 246..254; 1024: 42..58 and
+    492..508."""
+    scale = min(1.0, context_length / ICL_REFERENCE_CONTEXT)
+    half = max(1, math.floor(8 * scale + 0.5))
+
+    def band(position: float) -> list[int]:
+        centre = math.floor(position * scale + 0.5)
+        return list(range(max(1, centre - half), min(context_length, centre + half) + 1))
+
+    return band(ICL_EARLY), band(ICL_LATE)
+
+
+@dataclass
+class Probe:
+    """The fixed inputs `score_probe` gives a model (drawn once per run, so scores compare across steps).
+
+    `repeated` (B, 2n + 1): <|endoftext|>, n random tokens, the same n tokens again. `text` (W,
+    context_length + 1): windows of validation tokens for the in-context learning score, or None (no
+    validation data: that score is then None). `notes` say what was left out and why."""
+
+    repeated: np.ndarray
+    text: np.ndarray | None
+    seed: int
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def repeat_length(self) -> int:
+        return (self.repeated.shape[1] - 1) // 2
+
+
+def make_probe(
+    context_length: int,
+    candidates: Sequence[int],
+    eot_id: int,
+    *,
+    text_tokens: np.ndarray | None = None,
+    seed: int = 0,
+    sequences: int = PROBE_SEQUENCES,
+    windows: int = PROBE_WINDOWS,
+) -> Probe:
+    """A probe for a model with this context length. Random tokens come from `candidates` (model ids; each
+    half has no repeats when there are enough of them); `text_tokens` (model ids) gives up to `windows`
+    evenly spaced windows of context_length + 1 tokens."""
+    if context_length < PROBE_MIN_CONTEXT:
+        raise UserInputError(f"the head probe needs a context of at least {PROBE_MIN_CONTEXT} tokens; this model "
+                             f"has {context_length}")
+    candidates = np.asarray([c for c in candidates if c != eot_id], dtype=np.int64)
+    if len(candidates) < 2:
+        raise UserInputError("the head probe needs at least 2 distinct tokens to draw random sequences from")
+    n = min(PROBE_MAX_REPEAT, (context_length - 1) // 2)
+    rng = np.random.default_rng(seed)
+    halves = [rng.choice(candidates, size=n, replace=len(candidates) < n) for _ in range(sequences)]
+    repeated = np.stack([np.concatenate([[eot_id], half, half]) for half in halves]).astype(np.int64)
+    text = None
+    if text_tokens is not None:
+        needed = context_length + 1
+        if len(text_tokens) < needed:
+            raise UserInputError(f"the validation text has {len(text_tokens)} tokens; the in-context learning "
+                                 f"probe needs at least {needed} (one window of the model's context + 1)")
+        count = min(windows, len(text_tokens) // needed)
+        starts = np.linspace(0, len(text_tokens) - needed, count).astype(np.int64)
+        text = np.stack([np.asarray(text_tokens[s : s + needed], dtype=np.int64) for s in starts])
+    return Probe(repeated, text, seed)
+
+
+def run_probe(data_dir: str | Path | None, tokenizer: Tokenizer, context_length: int, seed: int) -> Probe:
+    """The probe of a run trained on `data_dir` (a prepared data folder): random tokens from those that
+    occur in its training split, windows of its validation split. Without the folder (not on this machine)
+    random tokens come from the whole vocabulary and there is no in-context learning score; `notes` say so.
+    The trainer, the Inspect tab and `python -m gpt heads` build the same probe from the same run."""
+    folder = Path(data_dir) if data_dir else None
+    if folder is None or not (folder / "train.bin").is_file():
+        probe = make_probe(context_length, range(tokenizer.vocab_size), tokenizer.eot_id, seed=seed)
+        where = f"its data folder {str(data_dir)!r} is not on this machine" if data_dir else "it records no data"
+        probe.notes.append(f"random probe tokens come from the whole vocabulary and there is no in-context "
+                           f"learning score ({where})")
+        return probe
+    id_map = token_id_map(tokenizer)
+    counts = split_token_counts(folder, "train")
+    counts = counts[: tokenizer.vocab_size] if id_map is None else counts[np.asarray(tokenizer.kept_gpt2_ids)]
+    val = np.asarray(load_split(folder, "val")) if (folder / "val.bin").is_file() else None
+    if val is not None and id_map is not None:
+        val = id_map[val]
+    probe = make_probe(context_length, np.flatnonzero(counts), tokenizer.eot_id, text_tokens=val, seed=seed)
+    if val is None:
+        probe.notes.append(f"{folder.name} has no validation split: no in-context learning score")
+    return probe
+
+
+@contextlib.contextmanager
+def _lm_head_only_at(model: GPT, positions: list[int]) -> Iterator[None]:
+    """While active, the model's logits are computed only at `positions` (B, len(positions), V): the LM
+    head is the costliest part of scoring a long window over a large vocabulary, and the in-context
+    learning score needs a few positions only. (A forward hook that narrows the final norm's output.)"""
+    index = torch.tensor(positions, device=_device(model))
+    handle = model.final_norm.register_forward_hook(lambda _module, _inputs, output: output[:, index])
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _position_losses(model: GPT, text: np.ndarray, positions: list[int]) -> torch.Tensor:
+    """Mean loss (nats) over the windows at each 1-based context position: (len(positions),)."""
+    windows = torch.as_tensor(text, device=_device(model))
+    index = [p - 1 for p in positions]
+    with _lm_head_only_at(model, index):
+        logits, _ = model(windows[:, :-1])  # (W, P, V)
+    targets = windows[:, 1:][:, index]  # the token after position p is at window index p
+    losses = F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")  # (W, P)
+    return losses.mean(dim=0)
+
+
+def _rounded(values: torch.Tensor) -> list:
+    return [[round(float(v), 4) for v in row] for row in values]
+
+
+def score_probe(model: GPT, probe: Probe) -> dict:
+    """Head-type scores of every layer x head and the in-context learning score: the `heads` row.
+
+    Pass the plain `GPT` (not a DDP or compiled wrapper); its train/eval mode is restored afterwards. The
+    row (JSON-ready; the trainer adds `"step"` and appends it to metrics.jsonl):
+
+        kind              "heads"
+        previous_token    [[score of layer 0 head 0, head 1, ...], [layer 1 ...], ...]  (n_layer x n_head)
+        duplicate_token   same shape; induction, first_token likewise (see `pattern_score`)
+        <score>_max       the strongest head's score of each of the four kinds
+        induction_head    [layer, head] of the strongest induction head
+        icl_score         late minus early loss in nats (negative: the context helps), or None
+        icl_early_loss, icl_late_loss, icl_positions {"early": [first, last], "late": [first, last]}
+        probe             {"seed", "sequences", "repeat_length", "text_windows"}
+        seconds           time this call took
+    """
+    started = time.perf_counter()
+    with _evaluating(model):
+        device = _device(model)
+        _, attentions = model.forward_with_attention(torch.as_tensor(probe.repeated, device=device))
+        probs = torch.stack(attentions).float()  # (L, B, H, T, T)
+        row: dict = {"kind": "heads"}
+        for name, make_pattern in PATTERNS.items():
+            patterns = torch.as_tensor(np.stack([make_pattern(seq) for seq in probe.repeated]), device=device)
+            scores = pattern_score(probs, patterns[None, :, None]).mean(dim=1)  # (L, H): mean over sequences
+            row[name] = _rounded(scores)
+            row[f"{name}_max"] = round(float(scores.max()), 4)
+            if name == "induction":
+                row["induction_head"] = [int(i) for i in np.unravel_index(int(scores.argmax()), scores.shape)]
+        row.update(icl_score=None, icl_early_loss=None, icl_late_loss=None, icl_positions=None)
+        if probe.text is not None:
+            early, late = icl_positions(probe.text.shape[1] - 1)
+            losses = _position_losses(model, probe.text, early + late)
+            early_loss, late_loss = float(losses[: len(early)].mean()), float(losses[len(early) :].mean())
+            row.update(icl_score=round(late_loss - early_loss, 4), icl_early_loss=round(early_loss, 4),
+                       icl_late_loss=round(late_loss, 4),
+                       icl_positions={"early": [early[0], early[-1]], "late": [late[0], late[-1]]})
+    row["probe"] = {"seed": probe.seed, "sequences": len(probe.repeated), "repeat_length": probe.repeat_length,
+                    "text_windows": 0 if probe.text is None else len(probe.text)}
+    row["seconds"] = round(time.perf_counter() - started, 4)
+    return row
+
+
+def head_scores_table(row: dict) -> pd.DataFrame:
+    """One line per head (`layer`, `head`, and the four scores) from a `heads` row."""
+    n_layer, n_head = len(row["induction"]), len(row["induction"][0])
+    return pd.DataFrame.from_records([
+        {"layer": layer, "head": head, **{name: row[name][layer][head] for name in HEAD_SCORES}}
+        for layer in range(n_layer) for head in range(n_head)
     ])
-    ticks = {"tickmode": "array", "tickvals": list(range(T)), "ticktext": labels, "showgrid": False,
-             "tickfont": {"size": _tick_font_size(T)}}
-    fig.update_xaxes(title="key", tickangle=-90, constrain="domain", **ticks)
-    fig.update_yaxes(title="query", autorange="reversed", scaleanchor="x", constrain="domain", **ticks)
-    fig.update_layout(
-        height=min(1100, max(520, 14 * T + 280)),
-        plot_bgcolor=MASKED_COLOR,
-        margin={"l": 10, "r": 10, "t": 50, "b": 10},
-        title={"text": _replay_title(steps[-1], layer, head), "x": 0},
-        sliders=[
-            {
-                "active": len(steps) - 1,
-                "currentvalue": {"prefix": "step "},
-                "pad": {"t": 60},
-                "steps": [
-                    {"label": str(step), "method": "animate",
-                     "args": [[str(step)], {"mode": "immediate", "frame": {"duration": 0, "redraw": True}}]}
-                    for step in steps
-                ],
-            }
-        ],
-        updatemenus=[
-            {
-                "type": "buttons",
-                "showactive": False,
-                "x": 0.0,
-                "y": -0.02,
-                "xanchor": "right",
-                "yanchor": "top",
-                "pad": {"t": 60, "r": 10},
-                "buttons": [
-                    {"label": "▶ play", "method": "animate",
-                     "args": [None, {"frame": {"duration": 700, "redraw": True}, "fromcurrent": False}]}
-                ],
-            }
-        ],
-    )
-    return fig
 
 
-def _replay_title(step: int, layer: int | None, head: int | None) -> str:
-    return f"Across training: {describe_selection(layer, head)} at step {step}"
+def first_induction_step(rows: Sequence[dict], threshold: float = INDUCTION_THRESHOLD) -> int | None:
+    """The first step of `heads` rows at which some head's induction score reaches `threshold`."""
+    for row in rows:
+        if row.get("kind") == "heads" and (row.get("induction_max") or 0.0) >= threshold:
+            return row.get("step")
+    return None
+
+
+# -- logit lens -------------------------------------------------------------------------------------------
+@dataclass
+class LogitLens:
+    """What the model would predict if it stopped after each layer (final norm + unembedding applied to the
+    residual stream), for a text scored after <|endoftext|> as in training. Arrays are (n_layer, T): after
+    layer l the top prediction `top_ids`/`top_probs` and the actual token's `true_probs` and `true_ranks`
+    (1 = the top prediction) at position t, which predicts token t. The last layer is the model's output."""
+
+    ids: list[int]
+    labels: list[str]
+    top_ids: np.ndarray
+    top_probs: np.ndarray
+    true_probs: np.ndarray
+    true_ranks: np.ndarray
+    truncated: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+def _residual_stream(model: GPT, idx: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The logits (B, T, V) and the residual stream after each block (n_layer x (B, T, C)), from one forward
+    pass (forward hooks on the blocks)."""
+    residuals: list[torch.Tensor] = []
+    handles = [block.register_forward_hook(lambda _module, _inputs, output: residuals.append(output[0]))
+               for block in model.blocks]
+    try:
+        logits, _ = model(idx)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return logits, residuals
+
+
+def _scored_inputs(model: GPT, tokenizer: Tokenizer, text: str, max_tokens: int) -> tuple[EncodedText, torch.Tensor]:
+    """The text's tokens (cut so that <|endoftext|> + text fits the context) and the model input that
+    predicts each of them: <|endoftext|> followed by all but the last token."""
+    encoded = encode_text(tokenizer, text, token_cap(model, max_tokens, reserved=1))
+    inputs = [tokenizer.eot_id] + encoded.ids[:-1]
+    return encoded, torch.tensor([inputs], dtype=torch.long, device=_device(model))
+
+
+def logit_lens(model: GPT, tokenizer: Tokenizer, text: str, max_tokens: int = MAX_TOKENS) -> LogitLens:
+    """The logit lens of `text` (at most `max_tokens` tokens): see `LogitLens`."""
+    encoded, idx = _scored_inputs(model, tokenizer, text, max_tokens)
+    with _evaluating(model):
+        _, residuals = _residual_stream(model, idx)
+        targets = torch.tensor(encoded.ids, device=idx.device)[:, None]  # (T, 1)
+        tops, top_probs, true_probs, true_ranks = [], [], [], []
+        for residual in residuals:
+            logits = model.lm_head(model.final_norm(residual[0])).float()  # (T, V)
+            normaliser = torch.logsumexp(logits, dim=-1, keepdim=True)
+            true_logit = logits.gather(1, targets)
+            best = logits.max(dim=-1, keepdim=True)
+            tops.append(best.indices[:, 0])
+            top_probs.append((best.values - normaliser).exp()[:, 0])
+            true_probs.append((true_logit - normaliser).exp()[:, 0])
+            true_ranks.append((logits > true_logit).sum(dim=-1) + 1)
+    return LogitLens(encoded.ids, encoded.labels, _layers(tops), _layers(top_probs).astype(np.float64),
+                     _layers(true_probs).astype(np.float64), _layers(true_ranks), encoded.truncated, encoded.notes)
+
+
+def _layers(per_layer: list[torch.Tensor]) -> np.ndarray:
+    """(n_layer, T) numpy from one (T,) tensor per layer."""
+    return torch.stack(per_layer).cpu().numpy()
 
 
 # -- embeddings -------------------------------------------------------------------------------------------
-def resolve_data_dir(run_config: dict) -> Path | None:
-    """The run's training data folder from its config.json (as written, or relative to the repository)."""
-    recorded = (run_config.get("data") or {}).get("dir")
+def resolve_data_dir(recorded: str | Path | None) -> Path | None:
+    """A run's training data folder as recorded in its config (as written, or relative to the repository)."""
     if not recorded:
         return None
     for candidate in (Path(recorded), REPO_ROOT / recorded):
@@ -442,22 +535,22 @@ def resolve_data_dir(run_config: dict) -> Path | None:
     return None
 
 
-def token_counts(run_config: dict, tokenizer: Tokenizer) -> tuple[np.ndarray | None, str]:
-    """How often each model id occurs in the run's training split, and where the counts come from.
+def token_counts(data_dir: str | Path | None, tokenizer: Tokenizer) -> tuple[np.ndarray | None, str]:
+    """How often each model id occurs in the training split of `data_dir` (the folder a run's config
+    records), and a note saying where the counts come from (the folder's name, not a path of this machine).
 
-    Returns `(None, reason)` when the data folder recorded in the run's config is not on this machine."""
-    data_dir = resolve_data_dir(run_config)
-    if data_dir is None:
-        recorded = (run_config.get("data") or {}).get("dir")
-        where = f"its data folder {recorded!r} is not on this machine" if recorded else "it records no data folder"
+    Returns `(None, reason)` when the folder is not on this machine."""
+    folder = resolve_data_dir(data_dir)
+    if folder is None:
+        where = f"its data folder {str(data_dir)!r} is not on this machine" if data_dir else "it records no data folder"
         return None, f"Token frequencies of this run's training data are unavailable ({where})."
-    train_file = data_dir / "train.bin"
-    gpt2_counts = split_token_counts(data_dir, "train")
+    gpt2_counts = split_token_counts(folder, "train")
     if tokenizer.kept_gpt2_ids is None:
         counts = gpt2_counts[: tokenizer.vocab_size]
     else:
         counts = gpt2_counts[np.asarray(tokenizer.kept_gpt2_ids)]
-    return counts.astype(np.int64), f"Token frequencies from {train_file} ({int(gpt2_counts.sum()):,} tokens)."
+    return counts.astype(np.int64), (f"Token frequencies from the training split (train.bin) of data folder "
+                                     f"{folder.name!r} ({int(gpt2_counts.sum()):,} tokens).")
 
 
 def most_frequent_tokens(counts: np.ndarray | None, tokenizer: Tokenizer, n: int) -> list[int]:
@@ -508,83 +601,36 @@ def token_embeddings(model: GPT) -> np.ndarray:
     return model.token_embedding.weight.detach().float().cpu().numpy()
 
 
-def embedding_figure(
-    model: GPT,
-    tokenizer: Tokenizer,
-    counts: np.ndarray | None,
-    n: int = 300,
-    dims: int = 2,
-    color_by: str = "frequency",
-    labelled: int = 80,
-) -> go.Figure:
-    """PCA of the token embeddings of the `n` most frequent tokens, coloured by log frequency or by token
-    class; the `labelled` most frequent carry their text, every point shows token, id and count on hover."""
-    if color_by not in ("frequency", "class"):
-        raise UserInputError(f"colour by 'frequency' or 'class', got {color_by!r}")
+@dataclass
+class EmbeddingProjection:
+    """The PCA of some tokens' embeddings: `coords[k]` (dims,) for model id `ids[k]`, with its display label,
+    token class and training count (None without counts); `share` is each component's variance share."""
+
+    ids: list[int]
+    coords: np.ndarray
+    share: np.ndarray
+    labels: list[str]
+    classes: list[str]
+    counts: list[int | None]
+    from_counts: bool
+
+
+def embedding_projection(model: GPT, tokenizer: Tokenizer, counts: np.ndarray | None, n: int = 300,
+                         dims: int = 2) -> EmbeddingProjection:
+    """PCA of the token embeddings of the `n` most frequent tokens (see `most_frequent_tokens`)."""
     if n < 4:
         raise UserInputError(f"show at least 4 tokens, got {n}")
     ids = most_frequent_tokens(counts, tokenizer, n)
     coords, share = pca(token_embeddings(model)[ids], dims)
-    display = [tokenizer.token_display(i) for i in ids]
-    classes = [token_class(tokenizer.token_text(i)) for i in ids]
-    freq = [int(counts[i]) if counts is not None else None for i in ids]
-    hover = [
-        f"{d} (id {i})<br>{c}" + (f"<br>{f:,} times in training data" if f is not None else "")
-        for d, i, c, f in zip(display, ids, classes, freq, strict=True)
-    ]
-    text = [d if rank < labelled else "" for rank, d in enumerate(display)]
-    scatter = go.Scatter3d if dims == 3 else go.Scatter
-
-    def trace(mask: list[bool], name: str, marker: dict) -> go.Scatter | go.Scatter3d:
-        pick = [k for k, keep in enumerate(mask) if keep]
-        axes = {axis: coords[pick, a] for a, axis in enumerate("xyz"[:dims])}
-        return scatter(
-            **axes,
-            mode="markers+text",
-            text=[text[k] for k in pick],
-            textposition="top center",
-            textfont={"size": 10},
-            hovertext=[hover[k] for k in pick],
-            hoverinfo="text",
-            customdata=[ids[k] for k in pick],
-            marker=marker,
-            name=name,
-        )
-
-    fig = go.Figure()
-    size = 4 if dims == 3 else 7
-    if color_by == "class":
-        for name in TOKEN_CLASSES:
-            mask = [c == name for c in classes]
-            if any(mask):
-                fig.add_trace(trace(mask, name, {"size": size, "color": CLASS_COLORS[name]}))
-    else:
-        values = np.log10(np.asarray([f or 0 for f in freq], dtype=np.float64) + 1) if counts is not None else None
-        marker = {"size": size}
-        if values is not None:
-            marker.update(color=values, colorscale="Viridis", colorbar={"title": "log10 count"}, showscale=True)
-        fig.add_trace(trace([True] * len(ids), "tokens", marker))
-    source = "most frequent in the training data" if counts is not None else "first in GPT-2 merge order"
-    title = (
-        f"Token embeddings, PCA {dims}D: {len(ids)} tokens ({source}); "
-        f"variance explained {', '.join(f'{s:.0%}' for s in share)}"
+    return EmbeddingProjection(
+        ids=ids,
+        coords=coords,
+        share=share,
+        labels=[tokenizer.token_display(i) for i in ids],
+        classes=[token_class(tokenizer.token_text(i)) for i in ids],
+        counts=[int(counts[i]) if counts is not None else None for i in ids],
+        from_counts=counts is not None,
     )
-    axis_titles = {f"{a}axis": {"title": f"PC{k + 1}"} for k, a in enumerate("xyz"[:dims])}
-    if dims == 3:
-        fig.update_layout(scene=axis_titles)
-    else:
-        fig.update_layout(**axis_titles)
-    fig.update_layout(
-        height=680,
-        title={"text": title, "x": 0, "font": {"size": 14}},
-        margin={"l": 10, "r": 10, "t": 50, "b": 10},
-        legend={"title": "token class"},
-        plot_bgcolor="white",
-    )
-    if dims == 2:
-        fig.update_xaxes(showgrid=True, gridcolor="#eeeeee", zeroline=False)
-        fig.update_yaxes(showgrid=True, gridcolor="#eeeeee", zeroline=False)
-    return fig
 
 
 def parse_token(tokenizer: Tokenizer, token: str) -> int:
@@ -640,58 +686,15 @@ def position_similarity(model: GPT) -> np.ndarray | None:
     return (normed @ normed.T).cpu().numpy()
 
 
-def position_similarity_figure(model: GPT, max_positions: int = 512) -> go.Figure:
-    """Heatmap of `position_similarity`; long contexts are shown every k-th position. RoPE runs get a note."""
-    sims = position_similarity(model)
-    fig = go.Figure()
-    if sims is None:
-        fig.add_annotation(
-            text="This run uses RoPE: positions are rotations of queries and keys inside attention,<br>"
-            "so there is no position embedding table to compare.",
-            showarrow=False,
-            font={"size": 15},
-            x=0.5,
-            y=0.5,
-            xref="paper",
-            yref="paper",
-        )
-        fig.update_xaxes(visible=False)
-        fig.update_yaxes(visible=False)
-        fig.update_layout(height=200, plot_bgcolor="white", margin={"l": 10, "r": 10, "t": 10, "b": 10})
-        return fig
-    stride = math.ceil(len(sims) / max_positions)
-    positions = np.arange(0, len(sims), stride)
-    fig.add_trace(
-        go.Heatmap(
-            z=sims[np.ix_(positions, positions)].astype(np.float32),
-            x=positions,
-            y=positions,
-            colorscale="RdBu",
-            zmid=0.0,
-            zmin=-1.0,
-            zmax=1.0,
-            colorbar={"title": "cosine"},
-            hovertemplate="position %{y} vs %{x}<br>cosine %{z:.3f}<extra></extra>",
-        )
-    )
-    every = "" if stride == 1 else f" (every {stride}th position)"
-    fig.update_xaxes(title="position", constrain="domain")
-    fig.update_yaxes(title="position", autorange="reversed", scaleanchor="x", constrain="domain")
-    fig.update_layout(
-        height=620,
-        margin={"l": 10, "r": 10, "t": 50, "b": 10},
-        title={"text": f"Cosine similarity of learned position embeddings{every}", "x": 0},
-    )
-    return fig
-
-
 # -- per-token loss ---------------------------------------------------------------------------------------
 @dataclass
 class TokenLosses:
     """How surprised the model is by each token of a text (scored after an <|endoftext|> token).
 
-    `losses[t]` = -ln p(token t | <|endoftext|>, tokens before t) in nats; `top_ids`/`top_probs` (T, k) are the
-    model's k most likely tokens at that position."""
+    `losses[t]` = -ln p(token t | <|endoftext|>, tokens before t) in nats; `ranks[t]` the actual token's rank
+    among the model's predictions (1 = its top guess); `top_ids`/`top_probs` (T, k) the model's k most
+    likely tokens at that position, with `top_labels` their display labels after the text so far (a byte
+    token that completes a character split before it shows that character)."""
 
     ids: list[int]
     labels: list[str]
@@ -699,6 +702,8 @@ class TokenLosses:
     top_ids: np.ndarray
     top_probs: np.ndarray
     num_bytes: int
+    ranks: np.ndarray | None = None
+    top_labels: list[list[str]] = field(default_factory=list)
     truncated: bool = False
     notes: list[str] = field(default_factory=list)
 
@@ -717,84 +722,34 @@ class TokenLosses:
         )
 
 
-@torch.inference_mode()
+def alternative_label(tokenizer: Tokenizer, before: Sequence[int], model_id: int) -> str:
+    """The label of a candidate token `model_id` that would follow the tokens `before`."""
+    return tokenizer.display_labels([*before[-3:], model_id])[-1]
+
+
 def token_losses(
     model: GPT, tokenizer: Tokenizer, text: str, max_tokens: int = MAX_TOKENS, top_k: int = 5
 ) -> TokenLosses:
-    """Surprisal of every token of `text` (at most `max_tokens`) and the model's top-k guesses before it."""
-    encoded = encode_text(tokenizer, text, token_cap(model, max_tokens, reserved=1))
-    inputs = [tokenizer.eot_id] + encoded.ids[:-1]
-    idx = torch.tensor([inputs], dtype=torch.long, device=_device(model))
-    logits, _ = model(idx)
-    log_probs = torch.log_softmax(logits[0].float(), dim=-1)  # (T, V)
-    targets = torch.tensor(encoded.ids, device=log_probs.device)
-    losses = -log_probs.gather(1, targets[:, None])[:, 0]
-    top = log_probs.topk(min(top_k, log_probs.size(-1)), dim=-1)
+    """Surprisal and rank of every token of `text` (at most `max_tokens`) and the model's top-k guesses."""
+    encoded, idx = _scored_inputs(model, tokenizer, text, max_tokens)
+    with _evaluating(model):
+        logits, _ = model(idx)
+        log_probs = torch.log_softmax(logits[0].float(), dim=-1)  # (T, V)
+        targets = torch.tensor(encoded.ids, device=log_probs.device)
+        true = log_probs.gather(1, targets[:, None])  # (T, 1)
+        ranks = (log_probs > true).sum(dim=-1) + 1
+        top = log_probs.topk(min(top_k, log_probs.size(-1)), dim=-1)
+    top_ids = top.indices.cpu().numpy()
     return TokenLosses(
         ids=encoded.ids,
         labels=encoded.labels,
-        losses=losses.cpu().numpy().astype(np.float64),
-        top_ids=top.indices.cpu().numpy(),
+        losses=-true[:, 0].cpu().numpy().astype(np.float64),
+        top_ids=top_ids,
         top_probs=top.values.exp().cpu().numpy().astype(np.float64),
         num_bytes=len(tokenizer.decode_bytes(encoded.ids)),
+        ranks=ranks.cpu().numpy(),
+        top_labels=[[alternative_label(tokenizer, encoded.ids[:t], int(i)) for i in top_ids[t]]
+                    for t in range(len(encoded.ids))],
         truncated=encoded.truncated,
         notes=encoded.notes,
-    )
-
-
-TOKEN_LOSS_CSS = """
-.tl-text { line-height: 2.1; font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 15px; }
-.tl-tok { position: relative; padding: 2px 1px; margin: 0 1px; border-radius: 3px; white-space: pre;
-  cursor: default; }
-.tl-tok .tl-tip { display: none; position: absolute; left: 0; top: 1.9em; z-index: 20; min-width: 15em;
-  background: #222; color: #fff; padding: 6px 8px; border-radius: 4px; font-size: 13px; line-height: 1.4;
-  white-space: pre; box-shadow: 0 2px 6px rgba(0,0,0,.3); }
-.tl-tok:hover .tl-tip { display: block; }
-.tl-tok:hover { outline: 2px solid #222; }
-.tl-legend { font-size: 13px; margin: 6px 0; }
-.tl-legend span { padding: 2px 6px; margin-right: 2px; }
-"""
-
-
-def _surprisal_colors(bits: Sequence[float]) -> list[tuple[str, str]]:
-    """(background, text colour) per surprisal in bits, on the YlOrRd scale saturating at 12 bits."""
-    fractions = [min(1.0, max(0.0, b / SURPRISAL_SCALE_BITS)) for b in bits]
-    backgrounds = sample_colorscale("YlOrRd", fractions) if fractions else []
-    return [(bg, "#ffffff" if f > 0.6 else "#111111") for bg, f in zip(backgrounds, fractions, strict=True)]
-
-
-def _percent(p: float) -> str:
-    return f"{p:.2%}" if p >= 1e-4 else f"{p:.1e}"
-
-
-def token_loss_html(result: TokenLosses, tokenizer: Tokenizer) -> str:
-    """The text as coloured tokens (colour = surprisal in bits) with a hover card: surprisal, probability
-    of the actual token and the model's top predictions. Style: `TOKEN_LOSS_CSS`."""
-    bits = [loss / math.log(2) for loss in result.losses]
-    parts = []
-    for t, (label, colors) in enumerate(zip(result.labels, _surprisal_colors(bits), strict=True)):
-        top = "\n".join(
-            f"  {p:6.1%}  {tokenizer.token_display(int(i))}"
-            for i, p in zip(result.top_ids[t], result.top_probs[t], strict=True)
-        )
-        tip = (
-            f"token {t}: {label} (id {result.ids[t]})\n"
-            f"surprisal {bits[t]:.2f} bits, p = {_percent(math.exp(-result.losses[t]))}\n"
-            f"top predictions:\n{top}"
-        )
-        newline = "<br>" if tokenizer.token_text(result.ids[t]).endswith("\n") else ""
-        parts.append(
-            f'<span class="tl-tok" style="background:{colors[0]};color:{colors[1]}">'
-            f'{html.escape(label)}<span class="tl-tip">{html.escape(tip)}</span></span>{newline}'
-        )
-    legend_bits = [0, 2, 4, 6, 8, 10, 12]
-    legend = "".join(
-        f'<span style="background:{bg};color:{fg}">{b}{"+" if b == 12 else ""}</span>'
-        for b, (bg, fg) in zip(legend_bits, _surprisal_colors(legend_bits), strict=True)
-    )
-    notes = "".join(f"<p>{html.escape(note)}</p>" for note in result.notes)
-    return (
-        f'<div class="tl-summary"><b>{html.escape(result.summary())}</b></div>'
-        f'<div class="tl-legend">surprisal (bits): {legend} — hover a token for the top-5 predictions</div>'
-        f"{notes}<div class=\"tl-text\">{''.join(parts)}</div>"
     )

@@ -9,7 +9,7 @@ Hugging Face's `GPT2LMHeadModel` given the same weights (see `gpt/hf.py`).
 
 Options (fields of `GPTConfig`): activation `gelu` (GPT-2's tanh approximation) | `relu` | `swiglu`,
 position `learned` | `rope`, norm `layernorm` | `rmsnorm`, bias on/off, dropout, FFN width, context
-length, vocabulary size. Presets: `PRESETS` ("tiny", "quick-cpu", "seed", "gpt2"); `GPTConfig.from_preset`.
+length, vocabulary size. Presets (shape + recipe) are in `gpt/config.py`; `GPTConfig.from_preset`.
 
 Attention runs through `F.scaled_dot_product_attention`. `GPT.forward_with_attention` takes an explicit
 path (softmax(QK^T / sqrt(d)) V written out) that also returns every layer's attention probabilities.
@@ -29,13 +29,14 @@ positions always start at 0, which learned position embeddings require.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from gpt.errors import UserInputError, is_int
+from gpt.errors import UserInputError
+from gpt.fields import check_fields, from_dict, option
 
 ACTIVATIONS = ("gelu", "relu", "swiglu")
 POSITIONS = ("learned", "rope")
@@ -44,15 +45,6 @@ NORM_EPS = 1e-5
 ROPE_BASE = 10000.0
 INIT_STD = 0.02
 
-# Presets leave `ffn_hidden` unset: the width then follows the activation (4 x n_embd, or the
-# parameter-matched SwiGLU width), so `seed` has FFN 1536 and `seed` + swiglu stays about as large.
-PRESETS: dict[str, dict] = {
-    "tiny": {"context_length": 128, "n_layer": 4, "n_head": 4, "n_embd": 128},
-    "quick-cpu": {"context_length": 128, "n_layer": 4, "n_head": 4, "n_embd": 192},
-    "seed": {"context_length": 256, "n_layer": 6, "n_head": 8, "n_embd": 384},
-    "gpt2": {"context_length": 1024, "n_layer": 12, "n_head": 12, "n_embd": 768},
-}
-
 
 @dataclass
 class GPTConfig:
@@ -60,47 +52,39 @@ class GPTConfig:
 
     `ffn_hidden=None` means 4 * n_embd for gelu/relu, and for swiglu (which has three matrices instead of
     two) 8/3 * n_embd rounded up to a multiple of 64, which keeps the parameter count about the same.
+    Presets (model shape + training recipe together) live in `gpt/config.py`.
     """
 
-    vocab_size: int = 50257
-    context_length: int = 1024
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    ffn_hidden: int | None = None
-    dropout: float = 0.0
-    bias: bool = True
-    activation: str = "gelu"
-    position: str = "learned"
-    norm: str = "layernorm"
+    vocab_size: int = option(50257, label="Vocabulary size", help="rows of the token embedding", minimum=1)
+    context_length: int = option(1024, label="Context length", help="tokens the model sees at once", minimum=1,
+                                 ui_maximum=2048)
+    n_layer: int = option(12, label="Layers", help="transformer blocks", minimum=1, ui_maximum=48)
+    n_head: int = option(12, label="Heads", help="attention heads per layer (must divide n_embd)", minimum=1)
+    n_embd: int = option(768, label="Width (n_embd)", help="residual stream width", minimum=1)
+    ffn_hidden: int | None = option(None, label="FFN width (0 = default)",
+                                    help="hidden width of the feed-forward layer; unset: 4 x n_embd "
+                                         "(SwiGLU: 8/3 x n_embd rounded to 64)", minimum=1, optional=True)
+    dropout: float = option(0.0, label="Dropout", help="dropout after embeddings, attention and FFN",
+                            minimum=0.0, maximum=1.0, exclusive_maximum=True, step=0.05)
+    bias: bool = option(True, label="Bias", help="biases in linear layers and LayerNorm (GPT-2: on)")
+    activation: str = option("gelu", label="Activation", help="FFN activation (gelu: GPT-2's tanh form)",
+                             choices=ACTIVATIONS)
+    position: str = option("learned", label="Position encoding",
+                           help="learned position table (GPT-2) or rotary embeddings", choices=POSITIONS)
+    norm: str = option("layernorm", label="Normalisation", help="LayerNorm (GPT-2) or RMSNorm", choices=NORMS)
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "context_length", "n_layer", "n_head", "n_embd"):
-            value = getattr(self, name)
-            if not is_int(value) or value <= 0:
-                raise UserInputError(f"{name} must be a positive integer, got {value!r}")
-        if self.ffn_hidden is not None and (not is_int(self.ffn_hidden) or self.ffn_hidden <= 0):
-            raise UserInputError(
-                f"ffn_hidden must be a positive integer (or None for the default width), got {self.ffn_hidden!r}"
-            )
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, int | float) or not 0 <= self.dropout < 1:
-            raise UserInputError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
-        if not isinstance(self.bias, bool):
-            raise UserInputError(f"bias must be true or false, got {self.bias!r}")
-        for name, allowed in (("activation", ACTIVATIONS), ("position", POSITIONS), ("norm", NORMS)):
-            value = getattr(self, name)
-            if value not in allowed:
-                raise UserInputError(f"unknown {name} {value!r}; choose one of: {', '.join(allowed)}")
+        check_fields(self)
         if self.n_embd % self.n_head != 0:
             divisors = [h for h in range(1, min(self.n_embd, 64) + 1) if self.n_embd % h == 0]
             raise UserInputError(
                 f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); "
-                f"n_head values that divide {self.n_embd}: {', '.join(map(str, divisors))}"
+                f"n_head values that divide {self.n_embd}: {', '.join(map(str, divisors))}", field="n_head"
             )
         if self.position == "rope" and self.head_size % 2 != 0:
             raise UserInputError(
                 f"RoPE needs an even head size, but n_embd / n_head = {self.n_embd} / {self.n_head} = "
-                f"{self.head_size}; change n_embd or n_head, or use position 'learned'"
+                f"{self.head_size}; change n_embd or n_head, or use position 'learned'", field="position"
             )
 
     # -- derived sizes ------------------------------------------------------------------------------
@@ -152,20 +136,14 @@ class GPTConfig:
     @classmethod
     def from_dict(cls, data: dict) -> GPTConfig:
         """Build from a dict (e.g. a run's config.json); unknown keys are an error naming the allowed ones."""
-        allowed = [f.name for f in fields(cls)]
-        unknown = sorted(set(data) - set(allowed))
-        if unknown:
-            raise UserInputError(
-                f"unknown model option(s) {', '.join(unknown)}; allowed options: {', '.join(allowed)}"
-            )
-        return cls(**data)
+        return from_dict(cls, data, "model")
 
     @classmethod
     def from_preset(cls, name: str, **overrides: object) -> GPTConfig:
-        """A preset ("tiny", "seed", "gpt2") with some fields overridden, e.g. `from_preset("seed", norm="rmsnorm")`."""
-        if name not in PRESETS:
-            raise UserInputError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
-        return cls.from_dict({**PRESETS[name], **overrides})
+        """A preset's model shape (see `gpt/config.py`) with some fields overridden."""
+        from gpt.config import get_preset  # presets import this module: resolved at call time
+
+        return cls.from_dict({**get_preset(name).model, **overrides})
 
 
 # -- building blocks ------------------------------------------------------------------------------------

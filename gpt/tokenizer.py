@@ -10,6 +10,7 @@ shrink its embedding and output layers. Token files on disk always hold GPT-2 id
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -161,6 +162,39 @@ class Tokenizer:
     def token_display(self, model_id: int) -> str:
         """A readable label: spaces, newlines and tabs made visible (' the' -> '␣the', '\\n' -> '↵')."""
         return visible_whitespace(self.token_text(model_id))
+
+    def display_labels(self, model_ids: Sequence[int]) -> list[str]:
+        """Readable labels for a sequence of tokens, as `token_display` gives them, except that tokens holding
+        pieces of one UTF-8 character (GPT-2 splits most Korean, Chinese and emoji characters into byte
+        tokens) show that whole character, each marked `[k/n]`: piece k of the n tokens that share it.
+        A piece whose character is cut off (at the end of a cut text) keeps its `<0xNN>` label."""
+        pieces = [self.decode_bytes([i]) for i in model_ids]
+        data = b"".join(pieces)
+        ends = list(itertools.accumulate(len(piece) for piece in pieces))
+        starts = [0, *ends[:-1]]
+
+        def boundary(offset: int) -> bool:  # a UTF-8 character starts here (not a 10xxxxxx continuation byte)
+            return offset in (0, len(data)) or data[offset] & 0xC0 != 0x80
+
+        labels, group = [], []  # group: indexes of the tokens split across the characters seen so far
+        for t, model_id in enumerate(model_ids):
+            labels.append(self.token_display(model_id))
+            if group or not (boundary(starts[t]) and boundary(ends[t])):
+                group.append(t)
+            if group and boundary(ends[t]):
+                for k, member in enumerate(group, start=1):
+                    start, end = starts[member], ends[member]
+                    while not boundary(start):
+                        start -= 1
+                    while not boundary(end):
+                        end += 1
+                    try:
+                        text = visible_whitespace(data[start:end].decode("utf-8"))
+                        labels[member] = f"{text}[{k}/{len(group)}]"
+                    except UnicodeDecodeError:
+                        pass  # not valid UTF-8 even as a whole: keep the byte labels
+                group = []
+        return labels
 
     # -- persistence ----------------------------------------------------------------------------------
     def to_dict(self) -> dict:

@@ -1,27 +1,26 @@
-"""Training: `TrainConfig` and the `Trainer` that turns a data folder into a run folder.
+"""The trainer: turns a data folder and a complete config into a run folder.
 
     trainer = Trainer(GPTConfig.from_preset("tiny"), TrainConfig(max_steps=500), "data/shakespeare",
                       "checkpoints/my-run")
     trainer.run()                                  # to the end (max_steps / max_minutes / epochs)
     trainer.run(max_seconds=50)                    # or in bursts: at most 50 s now, continue later
+    Trainer.from_config("checkpoints/my-run/config.json").run()   # a run whose config.json was written first
     Trainer.resume("checkpoints/my-run").run()     # continue a stopped run where it stopped
 
 One optimizer step = `grad_accum_steps` micro-batches of `batch_size` windows of `context_length` tokens.
-With `torchrun --nproc_per_node=N` (DistributedDataParallel) each process runs `grad_accum_steps / N` of
-those micro-batches, so the global batch, the learning-rate schedule and even the data (micro-batch g of
-step s is drawn from the same seed whichever process runs it) are the same as on one process.
+With `torchrun --nproc_per_node=N` (DistributedDataParallel) the step's windows are shared among the
+processes by `gpt.runtime.split_batch` (the global batch is kept; one printed line says what changed when
+N does not divide the accumulation), so the learning-rate schedule and even the data (micro-batch g of step
+s is drawn from the same seed whichever process runs it) are the same as on one process when N divides it.
 
-The schedule is linear warmup then cosine decay to `min_lr_ratio * learning_rate` over the planned steps
-(`max_steps`, or the steps that make `epochs`, whichever is fewer); a run bounded only by `max_minutes`
-decays over elapsed time instead. AdamW decays only tensors of 2 or more dimensions (matrices and
-embedding tables), not biases or norm gains. With `optimizer="muon"` the weight matrices inside the blocks
-are trained by `torch.optim.Muon` (orthogonalised momentum; peak `muon_learning_rate`, same schedule shape)
-and everything else by AdamW: on the 5-minute CPU speedrun it is the biggest single lever (README).
-
-What a run writes is described in `gpt/checkpoint.py`; the rows of `metrics.jsonl`:
+The machine decides precision (`gpt/runtime.py`); optimizers and schedule are in `gpt/optim.py`,
+evaluation in `gpt/evaluate.py`, the run folder in `gpt/run.py`. The rows of `metrics.jsonl`:
+    phase:  step, phase (loading data | building the model | compiling | evaluating | training), time
     train:  step, tokens, epoch, train_loss (mean since the last row), lr, grad_norm (before clipping),
-            tokens_per_second, elapsed (s, wall clock of training, summed over bursts), mfu (GPU only)
-    eval:   step, tokens, val_loss (nats/token), perplexity, bits_per_byte, eval_tokens, elapsed, best
+            tokens_per_second, seconds_per_step, elapsed (s, wall clock of training, summed over bursts),
+            mfu (GPU only). Written every `log_interval` steps and at least every `log_seconds`.
+    eval:   step, tokens, val_loss (nats/token), perplexity, bits_per_byte, eval_tokens, elapsed, best,
+            scope ("estimate": the first `eval_batches` batches; "full": the whole split, at the end)
     sample: step, prompt, text
     status: step, status (running | stopped | finished | diverged | failed), message, elapsed
 Resuming on the same device with dropout 0 reproduces the losses of an uninterrupted run exactly on CPU:
@@ -32,404 +31,42 @@ are a pure function of (seed, step, micro-batch).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import gc
 import math
-import os
 import shutil
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
-from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from gpt import checkpoint as ckpt
-from gpt.data import get_batch, iter_eval_batches, load_split, read_meta, split_token_counts, token_id_map
-from gpt.errors import UserInputError, is_int, is_number
+from gpt import run as runs
+from gpt.config import TrainConfig
+from gpt.data.folder import get_batch, load_split, read_meta, token_id_map
+from gpt.errors import UserInputError
+from gpt.evaluate import bits_per_byte, evaluate
 from gpt.model import GPT, GPTConfig
+from gpt.optim import configure_optimizers, cosine_lr
+from gpt.plan import planned_steps
+from gpt.run import DataRef, RunConfig
+from gpt.runtime import dist_info_from_env, low_precision_dtype, peak_flops, resolve_runtime, split_batch
 from gpt.sampling import SamplingConfig, generate
-from gpt.tokenizer import GPT2_BYTE_TOKENS, Tokenizer, gpt2_tokenizer
+from gpt.tokenizer import Tokenizer
+from gpt.tracking import WandbLogger
+from gpt.vocab import tokenizer_for
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-WANDB_MODES = ("off", "offline", "online")
-VOCABS = ("full", "compact")
-OPTIMIZERS = ("adamw", "muon")
 STATUSES = ("running", "stopped", "finished", "diverged", "failed")
 DIVERGED_HINT = "lower the learning rate (e.g. halve --learning-rate), or use bf16 instead of fp16"
-
-# Training defaults per model preset (the model shapes are in gpt/model.py PRESETS).
-TRAIN_PRESETS: dict[str, dict] = {
-    "tiny": {"batch_size": 16, "learning_rate": 2e-3, "warmup_steps": 50, "max_steps": 1000, "eval_interval": 100},
-    # 5 minutes on 2 CPU cores (bench/speedrun_cpu.py; each choice measured in the README's lever table):
-    # compact vocabulary, Muon for the block matrices, bf16 autocast, cosine schedule over the wall clock.
-    "quick-cpu": {"batch_size": 8, "learning_rate": 5e-3, "warmup_steps": 20, "max_minutes": 5.0,
-                  "eval_interval": 100, "eval_batches": 8, "snapshots": 4, "vocab": "compact",
-                  "optimizer": "muon", "muon_learning_rate": 0.02, "precision": "bf16"},
-    "seed": {"batch_size": 16, "learning_rate": 1e-3, "warmup_steps": 100, "max_steps": 2000, "eval_interval": 200},
-    "gpt2": {"batch_size": 8, "grad_accum_steps": 8, "learning_rate": 6e-4, "warmup_steps": 700,
-             "max_steps": 5000, "eval_interval": 250},
-}
+# The end of a run scores the whole validation split when it is at most this many tokens (seconds on a
+# CPU for the bundled corpus); a larger split is scored on its first this-many tokens and labelled so.
+FINAL_EVAL_MAX_TOKENS = 2_000_000
 
 
-def default_preset(device: torch.device) -> str:
-    """The preset the app offers first: the 5-minute CPU recipe on a CPU, `seed` on an accelerator."""
-    return "quick-cpu" if device.type == "cpu" else "seed"
-
-
-# Dense bf16/fp16 tensor-core peaks (FLOP/s) by GPU name, for MFU.
-PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10G": 125e12,
-              "A10": 125e12, "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12, "T4": 65e12}
-
-
-@dataclass
-class TrainConfig:
-    """How to train. Validated at construction (`UserInputError` says which field and what to change).
-
-    At least one of `max_steps`, `max_minutes`, `epochs` bounds the run; the first one reached stops it.
-    `batch_size` is per process and micro-batch; the global batch is batch_size x grad_accum_steps windows.
-    """
-
-    batch_size: int = 16
-    grad_accum_steps: int = 1
-    max_steps: int | None = None
-    max_minutes: float | None = None
-    epochs: float | None = None
-    learning_rate: float = 1e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 100
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
-    eval_interval: int = 100
-    eval_batches: int = 20
-    log_interval: int = 10
-    sample_prompt: str = "The"
-    sample_tokens: int = 64
-    sample_temperature: float = 0.8
-    seed: int = 1337
-    device: str = "auto"
-    precision: str = "auto"
-    compile: bool = False
-    snapshots: int = 4
-    save_dtype: str = "float32"
-    wandb: str = "off"
-    wandb_project: str = "gpt-playground"
-    vocab: str = "full"
-    optimizer: str = "adamw"
-    muon_learning_rate: float = 0.02
-
-    def __post_init__(self) -> None:
-        positive_ints = ("batch_size", "grad_accum_steps", "eval_interval", "log_interval")
-        for name in positive_ints:
-            value = getattr(self, name)
-            if not is_int(value) or value <= 0:
-                raise UserInputError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("warmup_steps", "eval_batches", "sample_tokens", "snapshots", "seed"):
-            value = getattr(self, name)
-            if not is_int(value) or value < 0:
-                raise UserInputError(f"{name} must be an integer >= 0, got {value!r}")
-        if self.max_steps is not None and (not is_int(self.max_steps) or self.max_steps <= 0):
-            raise UserInputError(f"max_steps must be a positive integer, got {self.max_steps!r}")
-        for name in ("max_minutes", "epochs"):
-            value = getattr(self, name)
-            if value is not None and (not is_number(value) or value <= 0):
-                raise UserInputError(f"{name} must be a positive number, got {value!r}")
-        if self.max_steps is None and self.max_minutes is None and self.epochs is None:
-            raise UserInputError("say when to stop: set max_steps, max_minutes or epochs")
-        if not is_number(self.learning_rate) or self.learning_rate <= 0:
-            raise UserInputError(f"learning_rate must be a positive number, got {self.learning_rate!r}")
-        for name in ("min_lr_ratio", "beta1", "beta2"):
-            value = getattr(self, name)
-            if not is_number(value) or not 0 <= value <= 1 or (name != "min_lr_ratio" and value == 1):
-                raise UserInputError(f"{name} must be in [0, 1{']' if name == 'min_lr_ratio' else ')'}, "
-                                     f"got {value!r}")
-        for name in ("weight_decay", "grad_clip", "sample_temperature"):
-            value = getattr(self, name)
-            if not is_number(value) or value < 0:
-                raise UserInputError(f"{name} must be a number >= 0 (0 turns it off), got {value!r}")
-        if self.precision not in PRECISIONS:
-            raise UserInputError(f"unknown precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}")
-        if self.save_dtype not in ckpt.SAVE_DTYPES:
-            raise UserInputError(f"unknown save_dtype {self.save_dtype!r}; choose one of: "
-                                 f"{', '.join(ckpt.SAVE_DTYPES)}")
-        if self.wandb not in WANDB_MODES:
-            raise UserInputError(f"unknown wandb mode {self.wandb!r}; choose one of: {', '.join(WANDB_MODES)}")
-        if not isinstance(self.device, str) or not self.device:
-            raise UserInputError(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
-        if not isinstance(self.compile, bool):
-            raise UserInputError(f"compile must be true or false, got {self.compile!r}")
-        if self.vocab not in VOCABS:
-            raise UserInputError(f"unknown vocab {self.vocab!r}; choose one of: {', '.join(VOCABS)}")
-        if self.optimizer not in OPTIMIZERS:
-            raise UserInputError(f"unknown optimizer {self.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
-        if not is_number(self.muon_learning_rate) or self.muon_learning_rate <= 0:
-            raise UserInputError(f"muon_learning_rate must be a positive number, got {self.muon_learning_rate!r}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> TrainConfig:
-        allowed = [f.name for f in fields(cls)]
-        unknown = sorted(set(data) - set(allowed))
-        if unknown:
-            raise UserInputError(f"unknown training option(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
-        return cls(**data)
-
-    @classmethod
-    def from_preset(cls, name: str, **overrides: object) -> TrainConfig:
-        """The preset's training defaults with `overrides`; giving any stop condition replaces the preset's."""
-        if name not in TRAIN_PRESETS:
-            raise UserInputError(f"unknown preset {name!r}; choose one of: {', '.join(TRAIN_PRESETS)}")
-        base = dict(TRAIN_PRESETS[name])
-        stops = ("max_steps", "max_minutes", "epochs")
-        if any(overrides.get(key) is not None for key in stops):
-            for key in stops:
-                base.pop(key, None)
-        return cls.from_dict({**base, **overrides})
-
-
-def compact_tokenizer(data_dir: str | os.PathLike) -> Tokenizer:
-    """The compact vocabulary of `vocab="compact"`: every GPT-2 id that occurs in the data folder's token
-    files, train or validation (as character-level recipes build their alphabet from the whole text).
-
-    Only the set of ids comes from the validation split, never its text; a validation-only token keeps its
-    own row (untrained: it gets almost no probability), so validation is scored token by token exactly as
-    with the full vocabulary instead of folding unseen tokens into a shared id. The 256 single-byte tokens
-    are always kept, so any later prompt can be spelled with them (see `Tokenizer.from_gpt2`)."""
-    seen = (split_token_counts(data_dir, "train") + split_token_counts(data_dir, "val")) > 0
-    seen[:GPT2_BYTE_TOKENS] = True
-    return Tokenizer(np.flatnonzero(seen).tolist())
-
-
-# -- device, precision, distributed ------------------------------------------------------------------
-def resolve_device(name: str) -> torch.device:
-    """`auto` picks cuda, then mps, then cpu; an explicit device must exist."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserInputError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserInputError("device cuda was asked for but no CUDA GPU is available; use --device cpu")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise UserInputError(f"there is no {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise UserInputError("device mps was asked for but Apple's Metal backend is not available")
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise UserInputError(f"unsupported device {name!r}; use auto, cpu, cuda, cuda:N or mps")
-    return device
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """`auto`: bf16 on GPUs that support it, fp16 (with a gradient scaler) on other GPUs, fp32 elsewhere."""
-    if precision == "auto":
-        if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "fp32"
-    if precision == "fp16" and device.type != "cuda":
-        raise UserInputError(f"fp16 training needs a CUDA GPU (this run is on {device.type}); use bf16 or fp32")
-    return precision
-
-
-def reuse_freed_cpu_memory() -> bool:
-    """Make glibc keep freed memory for reuse instead of returning it to the system (process-wide; for a
-    training process). By default every tensor over 32 MB (the logits of a step, their gradient) is a fresh
-    mmap whose pages the kernel zeroes on first touch and unmaps on free, every step: on 2 CPU cores that is
-    15-20% of a `seed` step (bench/train_speed.py). Returns False where glibc's mallopt is unavailable."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        # mallopt parameters: M_MMAP_MAX = -4 (0: never mmap), M_TRIM_THRESHOLD = -1 (never give memory back)
-        return bool(libc.mallopt(-4, 0)) and bool(libc.mallopt(-1, 2**30))
-    except (OSError, AttributeError):
-        return False
-
-
-@dataclass(frozen=True)
-class DistInfo:
-    rank: int = 0
-    local_rank: int = 0
-    world_size: int = 1
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def dist_info_from_env() -> DistInfo:
-    """Rank and world size as torchrun sets them (RANK, LOCAL_RANK, WORLD_SIZE); one process otherwise."""
-    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        return DistInfo()
-    return DistInfo(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ["WORLD_SIZE"]))
-
-
-def peak_flops(device: torch.device, precision: str) -> float | None:
-    """The device's dense bf16/fp16 peak in FLOP/s when known (GPUs only), for MFU."""
-    if device.type != "cuda" or precision not in ("bf16", "fp16"):
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((flops for key, flops in PEAK_FLOPS.items() if key in name), None)
-
-
-# -- optimizer and schedule ------------------------------------------------------------------------------
-def configure_optimizers(model: torch.nn.Module, config: TrainConfig,
-                         device: torch.device) -> list[torch.optim.Optimizer]:
-    """AdamW (fused kernels on CUDA and CPU) with weight decay on tensors of 2+ dimensions only; with
-    `optimizer="muon"`, Muon for the blocks' weight matrices and AdamW for the rest (embeddings, norms, biases).
-
-    Every parameter group has an `lr_scale`: its peak learning rate over `learning_rate`, so one schedule
-    drives all groups."""
-    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    muon = config.optimizer == "muon"
-    in_muon = {id(p) for name, p in named if muon and name.startswith("blocks.") and p.dim() == 2}
-    rest = [p for _, p in named if id(p) not in in_muon]
-    groups = [
-        {"params": [p for p in rest if p.dim() >= 2], "weight_decay": config.weight_decay, "lr_scale": 1.0},
-        {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0, "lr_scale": 1.0},
-    ]
-    fused = device.type in ("cuda", "cpu")
-    optimizers: list[torch.optim.Optimizer] = [
-        torch.optim.AdamW(groups, lr=config.learning_rate, betas=(config.beta1, config.beta2), fused=fused)
-    ]
-    if in_muon:
-        matrices = [p for _, p in named if id(p) in in_muon]
-        scale = config.muon_learning_rate / config.learning_rate
-        optimizers.append(torch.optim.Muon([{"params": matrices, "lr_scale": scale}],
-                                           lr=config.muon_learning_rate, weight_decay=config.weight_decay))
-    return optimizers
-
-
-def cosine_lr(config: TrainConfig, step: int, progress: float) -> float:
-    """Linear warmup over `warmup_steps`, then cosine from the peak down to min_lr_ratio x peak.
-
-    `progress` in [0, 1] is how far the decay has gone (by steps or by time, see the module docstring)."""
-    peak = config.learning_rate
-    if step < config.warmup_steps:
-        return peak * (step + 1) / config.warmup_steps
-    progress = min(max(progress, 0.0), 1.0)
-    low = peak * config.min_lr_ratio
-    return low + 0.5 * (1.0 + math.cos(math.pi * progress)) * (peak - low)
-
-
-# -- evaluation ---------------------------------------------------------------------------------------
-def planned_steps(train: TrainConfig, model: GPTConfig, train_tokens: int | None) -> int | None:
-    """Optimizer steps a run will take when bounded by steps or epochs (None when only by minutes)."""
-    tokens_per_step = train.batch_size * train.grad_accum_steps * model.context_length
-    candidates = []
-    if train.max_steps is not None:
-        candidates.append(train.max_steps)
-    if train.epochs is not None and train_tokens:
-        candidates.append(max(1, math.ceil(train.epochs * train_tokens / tokens_per_step)))
-    return min(candidates) if candidates else None
-
-
-def bits_per_byte(loss: float, meta: dict, split: str = "val") -> float | None:
-    """loss (nats/token) x tokens / (bytes x ln 2) with the split's token and byte counts from meta.json."""
-    tokens, size = meta.get(f"{split}_tokens"), meta.get(f"{split}_bytes")
-    if not tokens or not size:
-        return None
-    return loss * tokens / (size * math.log(2))
-
-
-@torch.no_grad()
-def evaluate(
-    model: GPT,
-    tokens: np.ndarray,
-    *,
-    batch_size: int,
-    device: torch.device,
-    max_batches: int = 0,
-    id_map: np.ndarray | None = None,
-    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-) -> tuple[float, int]:
-    """Mean cross-entropy (nats/token) and the number of predicted tokens over non-overlapping windows of
-    the model's context: the whole split, or its first `max_batches` batches. Deterministic."""
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    batches = iter_eval_batches(tokens, model.config.context_length, batch_size, device=device, id_map=id_map,
-                                max_windows=max_batches * batch_size if max_batches else None)
-    for x, y in batches:
-        with autocast():
-            logits, _ = model(x)
-        total += F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1), ignore_index=-1,
-                                 reduction="sum").item()
-        count += int((y != -1).sum())
-    model.train(was_training)
-    if count == 0:
-        raise UserInputError(f"the split has too few tokens ({len(tokens)}) for one window of "
-                             f"{model.config.context_length}")
-    return total / count, count
-
-
-def evaluate_run(run: str | Path, data_dir: str | Path, *, batch_size: int = 8, device: str = "auto",
-                 checkpoint: str = "last", split: str = "val") -> dict:
-    """Deterministic loss, perplexity and bits per byte of a run's model over a whole split (the `eval` CLI)."""
-    loaded = ckpt.load_run(run, checkpoint=checkpoint, device=resolve_device(device))
-    meta = read_meta(data_dir)
-    tokens = load_split(data_dir, split)
-    dev = loaded.model.token_embedding.weight.device
-    loss, count = evaluate(loaded.model, tokens, batch_size=batch_size, device=dev,
-                           id_map=token_id_map(loaded.tokenizer))
-    return {"val_loss": loss, "perplexity": math.exp(loss), "bits_per_byte": bits_per_byte(loss, meta, split),
-            "tokens": count, "split": split, "step": loaded.step, "checkpoint": loaded.checkpoint}
-
-
-# -- W&B -------------------------------------------------------------------------------------------
-class WandbLogger:
-    """Mirrors metrics rows to Weights & Biases; samples go into one growing table."""
-
-    def __init__(self, mode: str, project: str, name: str, config: dict, run_dir: Path) -> None:
-        import wandb
-
-        self.wandb = wandb
-        self.samples: list[list] = []
-        try:
-            self.run = wandb.init(project=project, name=name, config=config, mode=mode, dir=os.environ.get(
-                "WANDB_DIR", str(run_dir)), reinit="finish_previous")
-        except Exception as error:  # wandb raises several types (UsageError, CommError, AuthenticationError)
-            if mode == "online":
-                raise UserInputError(
-                    "W&B online logging needs an account: run `wandb login` (or set WANDB_API_KEY) first, "
-                    f"or use --wandb offline / off ({type(error).__name__})"
-                ) from None
-            raise UserInputError(f"W&B could not start in {mode} mode: {type(error).__name__}: {error}") from None
-
-    def log(self, row: dict) -> None:
-        kind, step = row.get("kind"), row.get("step", 0)
-        if kind == "sample":
-            self.samples.append([step, row["prompt"], row["text"]])
-            self.run.log({"samples": self.wandb.Table(columns=["step", "prompt", "text"], data=self.samples)},
-                         step=step)
-        elif kind in ("train", "eval"):
-            values = {f"{kind}/{k}": v for k, v in row.items()
-                      if k not in ("kind", "step") and isinstance(v, int | float) and not isinstance(v, bool)}
-            self.run.log(values, step=step)
-        elif kind == "status":
-            self.run.summary["status"] = row["status"]
-
-    def finish(self) -> None:
-        self.run.finish()
-
-
-# -- the trainer ------------------------------------------------------------------------------------
 @dataclass
 class _Window:
     """Running sums between two train rows."""
@@ -452,7 +89,9 @@ class Trainer:
         *,
         tokenizer: Tokenizer | None = None,
         command: str | None = None,
+        preset: str | None = None,
         on_row: Callable[[dict], None] | None = None,
+        on_zerogpu: bool = False,
         _state: dict | None = None,
     ) -> None:
         self.config = train_config
@@ -465,45 +104,63 @@ class Trainer:
         self._started = False
         self._resumed = _state is not None
         self.wandb: WandbLogger | None = None
+        self.notes: list[str] = []  # one-line notices for the person (printed by the CLI, in the status row)
+        self.step, self.tokens, self.elapsed = 0, 0, 0.0
 
         # Checks before any compute.
-        if _state is None and (self.run_dir / ckpt.CONFIG_FILE).exists():
+        if _state is None and runs.has_checkpoint(self.run_dir):
             raise UserInputError(f"{self.run_dir} already holds a run: resume it with --resume {self.run_dir}, "
                                  "or choose another --out")
-        if train_config.grad_accum_steps % self.dist.world_size:
-            raise UserInputError(
-                f"grad_accum_steps ({train_config.grad_accum_steps}) must be a multiple of the number of processes "
-                f"({self.dist.world_size}) so the global batch stays batch_size x grad_accum_steps"
-            )
-        self.local_accum = train_config.grad_accum_steps // self.dist.world_size
+        self.split = split_batch(train_config.batch_size, train_config.grad_accum_steps, self.dist.world_size)
+        if self.split.note:
+            self.notes.append(self.split.note)
         self.meta = read_meta(self.data_dir)
         self.train_tokens = load_split(self.data_dir, "train")
         self.val_tokens = load_split(self.data_dir, "val")
-        if tokenizer is None and train_config.vocab == "compact":
-            tokenizer = compact_tokenizer(self.data_dir)
-        self.tokenizer = tokenizer or gpt2_tokenizer()
+        self.tokenizer = tokenizer or tokenizer_for(train_config.vocab, self.data_dir)
         if model_config.vocab_size != self.tokenizer.vocab_size:
             model_config = GPTConfig.from_dict({**model_config.to_dict(), "vocab_size": self.tokenizer.vocab_size})
         self.model_config = model_config
         self._check_data_fits()
-        self.device = self._pick_device()
-        self.precision = resolve_precision(train_config.precision, self.device)
-        self.tokens_per_step = train_config.batch_size * train_config.grad_accum_steps * model_config.context_length
-        self.planned_steps = self._planned_steps()
+        self.device, self.runtime = resolve_runtime(train_config.device, train_config.precision,
+                                                    compile_model=train_config.compile, on_zerogpu=on_zerogpu,
+                                                    world_size=self.dist.world_size)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+            torch.cuda.set_device(self.device)
+        self.precision = self.runtime.precision
+        if self.runtime.warning:
+            self.notes.append(self.runtime.warning)
+        self.tokens_per_step = self.split.global_windows(self.dist.world_size) * model_config.context_length
+        self.planned_steps = planned_steps(train_config, model_config, len(self.train_tokens))
+        self.run_config = RunConfig(model=model_config, train=train_config,
+                                    data=DataRef(str(self.data_dir), self.meta), tokenizer=self.tokenizer,
+                                    command=command, preset=preset, runtime=self.runtime.to_dict())
         if self.dist.is_main and train_config.wandb != "off":
             self.wandb = WandbLogger(train_config.wandb, train_config.wandb_project, self.run_dir.name,
-                                     self._config_dict(command), self.run_dir)
+                                     self.run_config.to_json(), self.run_dir)
+            self.notes.append("{}: {}".format(*self.wandb.where()))
+
+        # The run folder: a new run's config.json, or the options a resumed run continues with.
+        if self.dist.is_main:
+            if _state is None:
+                runs.create_run(self.run_dir, self.run_config)
+            else:
+                runs.remove_temporary_files(self.run_dir)
+                self.run_config.write(self.run_dir)
+        self._phase("building the model")
 
         # Model, optimizer and state.
         torch.manual_seed(train_config.seed)
         self.model = GPT(model_config)
-        self.step, self.tokens, self.elapsed = 0, 0, 0.0
         self.best_val_loss, self.best_step = math.inf, -1
         self.next_snapshot = 0
         if _state is not None:
             self.model.load_state_dict(_state["model"])
         self.model.to(self.device)
-        self.optimizers = configure_optimizers(self.model, train_config, self.device)
+        # Muon's orthogonalisation follows the run's precision decision: bf16 only where it is fast.
+        ortho = torch.bfloat16 if self.device.type == "cuda" else low_precision_dtype(self.precision)
+        self.optimizers = configure_optimizers(self.model, train_config, self.device, ortho_dtype=ortho)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
         if _state is not None:
             self._load_state(_state)
@@ -522,56 +179,62 @@ class Trainer:
         self._window = _Window()
         self._last_grad_norm = 0.0
         self._last_eval_step = -1
+        self._last_log_time = time.perf_counter()
         if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            if _state is None:
-                ckpt.atomic_write_json(self.run_dir / ckpt.CONFIG_FILE, self._config_dict(command))
-            else:  # record the training options the run continues with (e.g. a raised max_steps)
-                saved = ckpt.read_config(self.run_dir)
-                saved["train"] = train_config.to_dict()
-                ckpt.atomic_write_json(self.run_dir / ckpt.CONFIG_FILE, saved)
             self._ensure_best_file()
 
     # -- construction helpers -------------------------------------------------------------------------
     @classmethod
-    def resume(cls, run_dir: str | Path, *, on_row: Callable[[dict], None] | None = None,
-               data_dir: str | Path | None = None, **train_overrides: object) -> Trainer:
-        """Continue a run from its trainer state; `train_overrides` may change e.g. max_steps to train longer."""
-        run_dir = ckpt.resolve_run_dir(run_dir)
-        config = ckpt.read_config(run_dir)
-        state = ckpt.load_trainer_state(run_dir)
-        train_config = TrainConfig.from_dict({**config["train"], **train_overrides})
-        return cls(GPTConfig.from_dict(config["model"]), train_config, data_dir or config["data"]["dir"], run_dir,
-                   tokenizer=Tokenizer.from_dict(config.get("tokenizer")), command=config.get("command"),
-                   on_row=on_row, _state=state)
+    def from_config(cls, config_path: str | Path, *, out_dir: str | Path | None = None,
+                    on_row: Callable[[dict], None] | None = None, on_zerogpu: bool = False,
+                    model_overrides: dict | None = None, train_overrides: dict | None = None) -> Trainer:
+        """Train the run a config.json describes: into its own folder when that folder holds no checkpoint
+        yet (the app writes the file, then starts `python -m gpt train --config RUN/config.json`), or into
+        `out_dir` (train a run again, optionally with some fields changed)."""
+        config_path = Path(config_path)
+        config = RunConfig.read(config_path)
+        if config.train is None:
+            raise UserInputError(f"{config_path} records no training options (imported weights?): train a new "
+                                 "run with --data and --preset instead")
+        model = GPTConfig.from_dict({**config.model.to_dict(), **(model_overrides or {})})
+        train = TrainConfig.from_dict({**config.train.to_dict(), **(train_overrides or {})})
+        target = Path(out_dir) if out_dir else config_path.parent
+        if not config.data.dir:
+            raise UserInputError(f"{config_path} names no data folder")
+        same_vocab = model.vocab_size == config.model.vocab_size and train.vocab == config.train.vocab
+        command = config.command if target == config_path.parent else None
+        return cls(model, train, config.data.dir, target, tokenizer=config.tokenizer if same_vocab else None,
+                   command=command, preset=config.preset, on_row=on_row, on_zerogpu=on_zerogpu)
 
-    def _pick_device(self) -> torch.device:
-        device = resolve_device(self.config.device)
-        if self.dist.enabled and device.type == "cuda":
-            device = torch.device("cuda", self.dist.local_rank)
-            torch.cuda.set_device(device)
-        return device
+    @classmethod
+    def resume(cls, run_dir: str | Path, *, on_row: Callable[[dict], None] | None = None,
+               data_dir: str | Path | None = None, on_zerogpu: bool = False,
+               **train_overrides: object) -> Trainer:
+        """Continue a run from its trainer state; `train_overrides` may change e.g. max_steps to train longer."""
+        opened = runs.Run.open(run_dir)
+        config = opened.config
+        if config.train is None:
+            raise UserInputError(f"{opened.name} was not trained here (imported weights): it cannot be resumed")
+        state = opened.trainer_state()
+        train_config = TrainConfig.from_dict({**config.train.to_dict(), **train_overrides})
+        return cls(config.model, train_config, data_dir or config.data.dir, opened.dir, tokenizer=config.tokenizer,
+                   command=config.command, preset=config.preset, on_row=on_row, on_zerogpu=on_zerogpu,
+                   _state=state)
 
     def _check_data_fits(self) -> None:
-        context, batch = self.model_config.context_length, self.config.batch_size
+        context, batch = self.model_config.context_length, self.split.batch_size
         n_train, n_val = len(self.train_tokens), len(self.val_tokens)
         if n_train < context + 1:
             raise UserInputError(f"the training split has {n_train} tokens, fewer than one window of context_length "
-                                 f"{context} + 1; lower --context-length or add data")
+                                 f"{context} + 1; lower --context-length or add data", field="context_length")
         if n_val < context + 1:
             raise UserInputError(f"the validation split has {n_val} tokens, fewer than one window of context_length "
-                                 f"{context} + 1; lower --context-length or use a larger validation fraction")
+                                 f"{context} + 1; lower --context-length or use a larger validation fraction",
+                                 field="context_length")
         if batch * context > n_train:
             raise UserInputError(f"one batch ({batch} x {context} = {batch * context} tokens) is larger than the "
-                                 f"training split ({n_train} tokens); lower --batch-size or --context-length")
-
-    def _planned_steps(self) -> int | None:
-        return planned_steps(self.config, self.model_config, len(self.train_tokens))
-
-    def _config_dict(self, command: str | None) -> dict:
-        return {"model": self.model_config.to_dict(), "train": self.config.to_dict(),
-                "data": {"dir": str(self.data_dir), "meta": self.meta}, "tokenizer": self.tokenizer.to_dict(),
-                "command": command}
+                                 f"training split ({n_train} tokens); lower --batch-size or --context-length",
+                                 field="batch_size")
 
     def _load_state(self, state: dict) -> None:
         saved = state["optimizer"]
@@ -589,9 +252,9 @@ class Trainer:
     def _ensure_best_file(self) -> None:
         """A finished run whose best was its last step keeps no best.safetensors; bring it back before
         training on overwrites model.safetensors."""
-        best, last = self.run_dir / ckpt.BEST_FILE, self.run_dir / ckpt.LAST_FILE
+        best, last = self.run_dir / runs.BEST_FILE, self.run_dir / runs.LAST_FILE
         if self.best_step >= 0 and not best.exists() and last.exists():
-            ckpt.atomic_write(best, lambda tmp: shutil.copyfile(last, tmp))
+            runs.atomic_write(best, lambda tmp: shutil.copyfile(last, tmp))
 
     # -- control --------------------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -643,6 +306,7 @@ class Trainer:
         try:
             if not self._started:
                 self._start()
+                clock = time.perf_counter()  # the step-0 evaluation is not training time
             while True:
                 now = time.perf_counter()
                 self.elapsed += now - clock
@@ -656,6 +320,8 @@ class Trainer:
                     max_seconds is not None and now - burst_start >= max_seconds
                 ):
                     return "running"
+                if self.step == 0 or burst_steps == 0:
+                    self._phase("compiling" if self.config.compile and burst_steps == 0 else "training")
                 loss = self._train_step()
                 step_seconds = time.perf_counter() - clock
                 if not math.isfinite(loss):
@@ -667,17 +333,17 @@ class Trainer:
                 self._window.steps += 1
                 self._window.tokens += self.tokens_per_step
                 self._window.seconds += step_seconds
-                if self.step % self.config.log_interval == 0:
+                if self._log_due():
                     self.elapsed += time.perf_counter() - clock
                     clock = time.perf_counter()
                     self._log_train()
-                if self.step % self.config.eval_interval == 0:
+                if self.step % self.config.eval_interval == 0 and not self._finished_by_count():
                     self.elapsed += time.perf_counter() - clock
                     self._evaluate_and_save()
                     clock = time.perf_counter()  # evaluation and saving are not training time
-                self._maybe_snapshot()
+                self._maybe_snapshot()  # (the last step's evaluation is the whole-split one of `_end`)
         except torch.OutOfMemoryError:
-            message = (f"out of GPU memory at batch_size {self.config.batch_size} x context_length "
+            message = (f"out of GPU memory at batch_size {self.split.batch_size} x context_length "
                        f"{self.model_config.context_length}: lower --batch-size (raise --grad-accum-steps to keep "
                        "the global batch) or --context-length")
             self._write_status("failed", message)
@@ -689,26 +355,30 @@ class Trainer:
         self._started = True
         params = self.model.num_parameters()
         what = f"resumed at step {self.step}, " if self._resumed else ""
+        notes = "".join(f"; {note}" for note in self.notes)
         self._write_status("running", f"{what}training {params:,} parameters on {self.device} ({self.precision}), "
-                                      f"{self.dist.world_size} process(es), {self.tokens_per_step:,} tokens/step")
+                                      f"{self.dist.world_size} process(es), {self.tokens_per_step:,} tokens/step; "
+                                      f"precision {self.runtime.precision_reason}{notes}")
         if not self._resumed:
             self._evaluate_and_save()
             self._maybe_snapshot()
 
+    def _phase(self, phase: str) -> None:
+        self._emit({"kind": "phase", "step": self.step, "phase": phase, "time": time.time()})
+
     def _micro_batch(self, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Micro-batch `micro` of this process at the current step, a pure function of (seed, step, g)
         where g is its index among all processes' micro-batches."""
-        global_index = self.dist.rank * self.local_accum + micro
+        global_index = self.dist.rank * self.split.accum_steps + micro
         seed = (self.config.seed * 1_000_003 + self.step) * 1_009 + global_index
         self.generator.manual_seed(seed % (2**63))
-        return get_batch(self.train_tokens, self.config.batch_size, self.model_config.context_length,
+        return get_batch(self.train_tokens, self.split.batch_size, self.model_config.context_length,
                          self.generator, device=self.device, id_map=self.id_map)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.precision == "fp32":
             return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
+        return torch.autocast(device_type=self.device.type, dtype=low_precision_dtype(self.precision))
 
     def _train_step(self) -> float:
         """One optimizer step; returns the loss averaged over micro-batches and processes (NaN/inf as is).
@@ -717,15 +387,16 @@ class Trainer:
         for optimizer in self.optimizers:
             for group in optimizer.param_groups:
                 group["lr"] = lr * group["lr_scale"]
+        accum = self.split.accum_steps
         total = torch.zeros((), device=self.device)
-        for micro in range(self.local_accum):
+        for micro in range(accum):
             x, y = self._micro_batch(micro)
-            sync = micro == self.local_accum - 1 or not self.dist.enabled
+            sync = micro == accum - 1 or not self.dist.enabled
             context = contextlib.nullcontext() if sync else self.train_model.no_sync()
             with context:
                 with self._autocast():
                     _, loss = self.train_model(x, y)
-                loss = loss / self.local_accum
+                loss = loss / accum
                 self.scaler.scale(loss).backward()
             total += loss.detach().float()
         if self.dist.enabled:
@@ -778,11 +449,16 @@ class Trainer:
         time_up = self.config.max_minutes is not None and self.elapsed >= 60 * self.config.max_minutes
         return self._stop_requested, time_up
 
+    def _log_due(self) -> bool:
+        """A train row every `log_interval` steps, after the first step, and at least every `log_seconds`."""
+        return (self.step % self.config.log_interval == 0 or self.step == 1
+                or time.perf_counter() - self._last_log_time >= self.config.log_seconds)
+
     # -- rows, evaluation, checkpoints --------------------------------------------------------------------
     def _emit(self, row: dict) -> None:
         if not self.dist.is_main:
             return
-        ckpt.append_metrics(self.run_dir, row)
+        runs.append_metrics(self.run_dir, row)
         if self.wandb is not None:
             self.wandb.log(row)
         if self.on_row is not None:
@@ -795,35 +471,48 @@ class Trainer:
 
     def _log_train(self) -> None:
         window = self._window
+        self._last_log_time = time.perf_counter()
         if window.steps == 0:
             return
         tokens_per_second = window.tokens / max(window.seconds, 1e-9)
         row = {"kind": "train", "step": self.step, "tokens": self.tokens,
                "epoch": self.tokens / len(self.train_tokens), "train_loss": window.loss / window.steps,
                "lr": self.optimizers[0].param_groups[0]["lr"], "grad_norm": self._last_grad_norm,
-               "tokens_per_second": tokens_per_second, "elapsed": round(self.elapsed, 3), "time": time.time()}
+               "tokens_per_second": tokens_per_second, "seconds_per_step": window.seconds / window.steps,
+               "elapsed": round(self.elapsed, 3), "time": time.time()}
         if self.peak_flops:
             row["mfu"] = self.model_config.flops_per_token() * tokens_per_second / self.peak_flops
         self._window = _Window()
         self._emit(row)
 
-    def _evaluate_and_save(self) -> None:
-        """Validation loss, a sample, and the last (and maybe best) checkpoint. Rank 0 only."""
-        if self._last_eval_step == self.step:
+    def _evaluate_and_save(self, final: bool = False) -> None:
+        """Validation loss, a sample, and the last (and maybe best) checkpoint. Rank 0 only.
+        `final`: score the whole validation split (up to FINAL_EVAL_MAX_TOKENS) instead of an estimate."""
+        if self._last_eval_step == self.step and not final:
             return
         self._last_eval_step = self.step
         if not self.dist.is_main:
             return
-        loss, count = evaluate(self.model, self.val_tokens, batch_size=self.config.batch_size, device=self.device,
-                               max_batches=self.config.eval_batches, id_map=self.id_map, autocast=self._autocast)
+        self._phase("evaluating")
+        batch = self.split.batch_size
+        if final:
+            windows = math.ceil(FINAL_EVAL_MAX_TOKENS / self.model_config.context_length)
+            whole = len(self.val_tokens) <= FINAL_EVAL_MAX_TOKENS
+            max_batches = 0 if whole else max(1, windows // batch)
+            scope = "full" if whole else "first tokens"
+        else:
+            max_batches, scope = self.config.eval_batches, "estimate" if self.config.eval_batches else "full"
+        loss, count = evaluate(self.model, self.val_tokens, batch_size=batch, device=self.device,
+                               max_batches=max_batches, id_map=self.id_map, autocast=self._autocast)
         improved = loss < self.best_val_loss
         if improved:
             self.best_val_loss, self.best_step = loss, self.step
         self._emit({"kind": "eval", "step": self.step, "tokens": self.tokens, "val_loss": loss,
                     "perplexity": math.exp(min(loss, 700.0)), "bits_per_byte": bits_per_byte(loss, self.meta),
-                    "eval_tokens": count, "elapsed": round(self.elapsed, 3), "best": improved})
+                    "eval_tokens": count, "elapsed": round(self.elapsed, 3), "best": improved, "scope": scope})
         self._sample()
         self._save(best=improved)
+        self._phase("training")
 
     def _sample(self) -> None:
         if self.config.sample_tokens == 0:
@@ -852,10 +541,10 @@ class Trainer:
         if not self.dist.is_main:
             return
         dtype = self.config.save_dtype
-        ckpt.save_weights(self.model, self.run_dir / ckpt.LAST_FILE, step=self.step, dtype=dtype)
+        runs.save_weights(self.model, self.run_dir / runs.LAST_FILE, step=self.step, dtype=dtype)
         if best:
-            ckpt.save_weights(self.model, self.run_dir / ckpt.BEST_FILE, step=self.step, dtype=dtype)
-        ckpt.save_trainer_state(self.run_dir, self.state_dict())
+            runs.save_weights(self.model, self.run_dir / runs.BEST_FILE, step=self.step, dtype=dtype)
+        runs.save_trainer_state(self.run_dir, self.state_dict())
 
     def save(self) -> None:
         """Save a checkpoint now (e.g. at the end of a burst)."""
@@ -866,16 +555,16 @@ class Trainer:
         n = self.config.snapshots
         while self.next_snapshot < n and self._progress() >= self.next_snapshot / n:
             if self.dist.is_main:
-                ckpt.save_weights(self.model, ckpt.snapshot_path(self.run_dir, self.step), step=self.step,
+                runs.save_weights(self.model, runs.snapshot_path(self.run_dir, self.step), step=self.step,
                                   dtype=self.config.save_dtype)
             self.next_snapshot += 1
 
     def _end(self, status: str, message: str) -> str:
-        """Final evaluation and checkpoint, model card, status row."""
+        """Final whole-split evaluation and checkpoint, model card, status row."""
         self._log_train()
-        self._evaluate_and_save()
+        self._evaluate_and_save(final=True)
         if self.dist.is_main and status == "finished" and self.best_step == self.step:
-            (self.run_dir / ckpt.BEST_FILE).unlink(missing_ok=True)
+            (self.run_dir / runs.BEST_FILE).unlink(missing_ok=True)
         self._write_status(status, message)
         self._write_card()
         self._close()
@@ -892,11 +581,12 @@ class Trainer:
 
     def _write_card(self) -> None:
         if self.dist.is_main:
-            config = ckpt.read_config(self.run_dir)
-            ckpt.write_model_card(self.run_dir, config, status=ckpt.run_status(self.run_dir))
+            from gpt.card import write_model_card
+
+            links = [self.wandb.where()] if self.wandb is not None else []
+            write_model_card(self.run_dir, self.run_config, status=runs.run_status(self.run_dir), links=links)
 
     def _close(self) -> None:
         if self.wandb is not None:
             self.wandb.finish()
             self.wandb = None
-

@@ -34,18 +34,15 @@ def make_tiny_run(run_dir: Path) -> Path:
     """A run folder with a randomly initialised tiny model (enough to generate and load)."""
     import torch
 
-    from gpt.checkpoint import CONFIG_FILE, LAST_FILE, atomic_write_json, save_weights
     from gpt.model import GPT, GPTConfig
+    from gpt.run import LAST_FILE, DataRef, RunConfig, create_run, save_weights
     from gpt.tokenizer import Tokenizer
 
     torch.manual_seed(0)
     model = GPT(GPTConfig(**TINY_MODEL))
-    run_dir.mkdir(parents=True, exist_ok=True)
+    create_run(run_dir, RunConfig(model=model.config, train=None, data=DataRef(), tokenizer=Tokenizer(),
+                                  command="tests/conftest.py make_tiny_run"))
     save_weights(model, run_dir / LAST_FILE, step=0)
-    atomic_write_json(run_dir / CONFIG_FILE, {
-        "model": model.config.to_dict(), "train": {}, "data": {"dir": "", "meta": {}},
-        "tokenizer": Tokenizer().to_dict(), "command": "tests/conftest.py make_tiny_run",
-    })
     return run_dir
 
 

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from gpt.config import TrainConfig
 from gpt.data import prepare_dataset
+from gpt.figures import thin, training_figure
 from gpt.model import GPTConfig
-from gpt.train import TrainConfig, planned_steps
+from gpt.plan import planned_steps, training_memory
 from gpt.ui.common import AppDirs, safe_name
-from gpt.ui.estimates import training_memory
-from gpt.ui.plots import thin, training_figure
-from gpt.ui.train_tab import FIELD_NAMES, build_configs, fields_named_in, preset_values, summary_markdown
+from gpt.ui.train_tab import FIELD_NAMES, build_configs, field_checks, preset_values, summary_markdown
 
 
 @pytest.mark.parametrize("name, expected", [
@@ -39,10 +39,12 @@ def test_zero_in_an_optional_field_means_not_set_as_the_browser_sends_0_for_an_e
     assert model.ffn_hidden is None and train.max_minutes is None and train.epochs is None and train.max_steps == 50
 
 
-def test_errors_are_attached_to_the_fields_they_name():
-    assert fields_named_in("n_embd (30) must be divisible by n_head (4)") == ["n_head", "n_embd"]
-    assert fields_named_in("say when to stop: set max_steps, max_minutes or epochs") == [
-        "max_steps", "max_minutes", "epochs"]
+def test_errors_are_attached_to_the_fields_they_are_about():
+    assert list(field_checks({"preset": "tiny", "fields": {"n_embd": 30, "n_head": 4}})) == ["n_head"]
+    stop = field_checks({"preset": "tiny", "fields": {"max_steps": None}})
+    assert list(stop) == ["max_steps"] and "say when to stop" in stop["max_steps"]
+    assert list(field_checks({"preset": "tiny", "fields": {"learning_rate": -1}})) == ["learning_rate"]
+    assert field_checks({"preset": "tiny"}) == {}
 
 
 def test_estimates_grow_with_the_work():
@@ -70,13 +72,12 @@ def test_summary_counts_the_parameters_of_a_compact_vocabulary(tmp_path):
     text = (Path(__file__).resolve().parent.parent / "assets" / "data" / "tinyshakespeare.txt").read_text()[:5000]
     (tmp_path / "play.txt").write_text(text, encoding="utf-8")
     prepare_dataset([tmp_path / "play.txt"], dirs.data / "play")
-    values = preset_values("quick-cpu")
-    compact = summary_markdown(dirs, "play", values)
+    compact = summary_markdown(dirs, {"preset": "quick-cpu", "dataset": "play"})
     assert "compact vocabulary: **" in compact
-    full_values = dict(zip(FIELD_NAMES, values, strict=True)) | {"vocab": "full"}
-    full = summary_markdown(dirs, "play", list(full_values.values()))
+    full = summary_markdown(dirs, {"preset": "quick-cpu", "dataset": "play", "fields": {"vocab": "full"}})
     assert _parameters(compact) < _parameters(full) == GPTConfig.from_preset("quick-cpu").num_parameters()
-    assert "known once the data is prepared" in summary_markdown(dirs, "not-prepared", values)
+    assert "known once the data is prepared" in summary_markdown(dirs, {"preset": "quick-cpu",
+                                                                        "dataset": "not-prepared"})
 
 
 def _parameters(summary: str) -> int:

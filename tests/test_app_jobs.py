@@ -6,13 +6,14 @@ import time
 
 import pytest
 
-from gpt.checkpoint import list_checkpoints, run_status
 from gpt.cli import build_parser
+from gpt.config import TrainConfig
 from gpt.data import prepare_dataset
 from gpt.errors import UserInputError
 from gpt.model import GPTConfig
-from gpt.train import TrainConfig
-from gpt.ui.jobs import JobManager, train_arguments
+from gpt.run import DataRef, RunConfig, list_checkpoints, read_config, run_status
+from gpt.tokenizer import gpt2_tokenizer
+from gpt.ui.jobs import JobManager, train_command
 
 MODEL = GPTConfig(vocab_size=50257, context_length=16, n_layer=1, n_head=2, n_embd=16, activation="relu",
                   norm="rmsnorm", bias=False)
@@ -28,19 +29,30 @@ def data_dir(tmp_path_factory):
     return prepare_dataset([corpus], root / "data").out_dir
 
 
-def test_train_arguments_spell_out_every_field_for_the_command_line(tmp_path):
-    args = build_parser().parse_args(["train", *train_arguments(MODEL, TRAIN, tmp_path / "d", tmp_path / "r", "seed")])
-    assert (args.data, args.preset, args.out) == (str(tmp_path / "d"), "seed", str(tmp_path / "r"))
+def run_config(data_dir) -> RunConfig:
+    return RunConfig(model=MODEL, train=TRAIN, data=DataRef(str(data_dir), {}), tokenizer=gpt2_tokenizer(),
+                     preset="seed")
+
+
+def test_the_job_trains_exactly_the_config_file_it_writes(data_dir, tmp_path):
+    """One path from Start to the trainer: the parent writes config.json, the child reads only that file."""
+    from gpt.run import create_run
+
+    run = create_run(tmp_path / "r", run_config(data_dir))
+    args = build_parser().parse_args(train_command(run)[3:])
+    assert args.config == str(run / "config.json") and args.preset is None and args.data is None
+    assert not any(getattr(args, name) is not None for name in args.model_fields + args.train_fields)
+    written = read_config(run)
     for name, value in {**MODEL.to_dict(), **TRAIN.to_dict()}.items():
-        if name != "vocab_size":
-            assert getattr(args, name) == value, name
+        assert getattr(written.model if name in MODEL.to_dict() else written.train, name) == value, name
+    assert written.preset == "seed" and written.command.startswith("python -m gpt train --data ")
 
 
 def test_burst_job_trains_in_bursts_refuses_a_second_job_and_stops_gracefully(data_dir, tmp_path):
     jobs = JobManager(burst_seconds=0.5)
-    job = jobs.start(MODEL, TRAIN, data_dir, tmp_path / "burst", "tiny")
+    job = jobs.start(run_config(data_dir), tmp_path / "burst")
     with pytest.raises(UserInputError, match="already running.*burst"):
-        jobs.start(MODEL, TRAIN, data_dir, tmp_path / "other", "tiny")
+        jobs.start(run_config(data_dir), tmp_path / "other")
     deadline = time.time() + 60
     while "burst ended: running" not in (tmp_path / "burst" / "train.log").read_text() and time.time() < deadline:
         time.sleep(0.1)

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from gpt.checkpoint import DEFAULT_RUN, LAST_FILE
+from gpt.run import DEFAULT_RUN, LAST_FILE
 
 pytestmark = pytest.mark.browser
 

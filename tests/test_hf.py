@@ -160,7 +160,7 @@ def test_import_refuses_what_it_cannot_load(tmp_path: Path) -> None:
 
 
 def test_command_line_import_then_export_round_trips(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from gpt.checkpoint import load_run
+    from gpt.run import load_run
     from gpt.cli import main
 
     model = random_gpt(seed=8)

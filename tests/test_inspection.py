@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gpt import inspection
+from gpt import figures, inspection
 from gpt.errors import UserInputError
 from gpt.model import GPT, GPTConfig
 from gpt.tokenizer import Tokenizer, gpt2_tokenizer
@@ -64,7 +64,7 @@ def test_attention_probabilities_are_the_models(model, tokenizer, maps):
 
 
 def test_grid_figure_draws_every_head_unchanged(maps):
-    fig = inspection.attention_grid_figure(maps)
+    fig = figures.attention_grid_figure(maps)
     assert len(fig.data) == maps.n_layer * maps.n_head
     for k, trace in enumerate(fig.data):
         layer, head = divmod(k, maps.n_head)
@@ -84,7 +84,7 @@ def test_grid_figure_draws_every_head_unchanged(maps):
     ],
 )
 def test_head_figure_is_the_head_or_its_mean(maps, layer, head, select):
-    fig = inspection.attention_head_figure(maps, layer, head)
+    fig = figures.attention_head_figure(maps, layer, head)
     np.testing.assert_allclose(np.asarray(fig.data[0].z), causal(select(maps.probs)), rtol=1e-6)
     assert list(fig.layout.xaxis.ticktext) == maps.labels
     assert fig.data[0].text[5][2] == f"query 5 {maps.labels[5]} → key 2 {maps.labels[2]}"
@@ -92,7 +92,7 @@ def test_head_figure_is_the_head_or_its_mean(maps, layer, head, select):
 
 def test_head_figure_rejects_missing_heads(maps):
     with pytest.raises(UserInputError, match="heads 0..2"):
-        inspection.attention_head_figure(maps, 0, 3)
+        figures.attention_head_figure(maps, 0, 3)
 
 
 def _segments(fig: go.Figure) -> dict[tuple[int, int], float]:
@@ -109,7 +109,7 @@ def _segments(fig: go.Figure) -> dict[tuple[int, int], float]:
 
 def test_head_view_draws_each_weight_as_a_line(maps):
     matrix = maps.probs[1, 0]
-    fig = inspection.head_view_figure(maps, 1, 0, min_weight=0.05)
+    fig = figures.head_view_figure(maps, 1, 0, min_weight=0.05)
     drawn = _segments(fig)
     expected = {(i, j) for i in range(maps.length) for j in range(i + 1) if matrix[i, j] >= 0.05}
     assert set(drawn) == expected
@@ -121,14 +121,14 @@ def test_head_view_draws_each_weight_as_a_line(maps):
 
 
 def test_head_view_selection_keeps_one_tokens_lines(maps):
-    fig = inspection.head_view_figure(maps, 0, 1, selected=7, min_weight=0.5)
+    fig = figures.head_view_figure(maps, 0, 1, selected=7, min_weight=0.5)
     assert {query for query, _ in _segments(fig)} == {7}
     assert len(_segments(fig)) == 8
     right = fig.data[-1]
     assert right.hovertext[3] == f"{maps.labels[7]} (7) → {maps.labels[3]} (3): {maps.probs[0, 1, 7, 3]:.4f}"
     assert "future" in right.hovertext[9]
     with pytest.raises(UserInputError):
-        inspection.head_view_figure(maps, 0, 1, selected=maps.length)
+        figures.head_view_figure(maps, 0, 1, selected=maps.length)
 
 
 def test_text_is_capped_and_checked(model, tokenizer):
@@ -202,14 +202,14 @@ def test_head_statistics_need_two_tokens():
 def test_training_replay_has_one_frame_per_snapshot(model, tokenizer, maps):
     later = tiny_model(seed=1)
     later_maps = inspection.compute_attention(later, tokenizer, TEXT)
-    fig = inspection.training_replay_figure([(0, maps), (50, later_maps)], 1, 2)
+    fig = figures.training_replay_figure([(0, maps), (50, later_maps)], 1, 2)
     assert [frame.name for frame in fig.frames] == ["0", "50"]
     np.testing.assert_array_equal(np.asarray(fig.frames[0].data[0].z), causal(maps.probs[1, 2]))
     np.testing.assert_array_equal(np.asarray(fig.frames[1].data[0].z), causal(later_maps.probs[1, 2]))
     np.testing.assert_array_equal(np.asarray(fig.data[0].z), causal(later_maps.probs[1, 2]))
     assert [step.label for step in fig.layout.sliders[0].steps] == ["0", "50"]
     with pytest.raises(UserInputError, match="no snapshot"):
-        inspection.training_replay_figure([], 0, 0)
+        figures.training_replay_figure([], 0, 0)
 
 
 # -- embeddings -------------------------------------------------------------------------------------------
@@ -248,28 +248,28 @@ def write_data(tmp_path, gpt2_ids) -> dict:
 def test_token_counts_from_the_runs_training_data(tmp_path, tokenizer):
     ids = tokenizer.encode(" the the the cat cat.")
     config = write_data(tmp_path, ids)
-    counts, note = inspection.token_counts(config, tokenizer)
+    counts, note = inspection.token_counts(config["data"]["dir"], tokenizer)
     the, cat = tokenizer.encode(" the cat")
     assert counts[the] == 3 and counts[cat] == 2 and counts.sum() == len(ids)
     assert "train.bin" in note
     assert inspection.most_frequent_tokens(counts, tokenizer, 10) == [the, cat, tokenizer.encode(".")[0]]
     compact = Tokenizer(ids)
-    compact_counts, _ = inspection.token_counts(config, compact)
+    compact_counts, _ = inspection.token_counts(config["data"]["dir"], compact)
     assert compact_counts.tolist() == [counts[g] for g in compact.kept_gpt2_ids]
 
 
 def test_token_counts_fall_back_without_data(tokenizer):
-    counts, note = inspection.token_counts({"data": {"dir": "/nonexistent/data"}}, tokenizer)
+    counts, note = inspection.token_counts("/nonexistent/data", tokenizer)
     assert counts is None and "'/nonexistent/data' is not on this machine" in note
-    assert "records no data folder" in inspection.token_counts({}, tokenizer)[1]
+    assert "records no data folder" in inspection.token_counts(None, tokenizer)[1]
     fallback = inspection.most_frequent_tokens(None, tokenizer, 5)
     assert fallback == [256, 257, 258, 259, 260]  # GPT-2's first merges, single bytes skipped
 
 
 def test_embedding_figure_shows_the_most_frequent_tokens(tmp_path, model, tokenizer):
     ids = tokenizer.encode(TEXT * 3)
-    counts, _ = inspection.token_counts(write_data(tmp_path, ids), tokenizer)
-    fig = inspection.embedding_figure(model, tokenizer, counts, n=12, dims=2, color_by="frequency")
+    counts, _ = inspection.token_counts(write_data(tmp_path, ids)["data"]["dir"], tokenizer)
+    fig = figures.embedding_figure(model, tokenizer, counts, n=12, dims=2, color_by="frequency")
     (trace,) = fig.data
     expected = inspection.most_frequent_tokens(counts, tokenizer, 12)
     assert list(trace.customdata) == expected
@@ -278,7 +278,7 @@ def test_embedding_figure_shows_the_most_frequent_tokens(tmp_path, model, tokeni
     assert f"{counts[top]:,} times" in trace.hovertext[0]
     coords, _ = inspection.pca(inspection.token_embeddings(model)[expected], 2)
     np.testing.assert_allclose(trace.x, coords[:, 0])
-    by_class = inspection.embedding_figure(model, tokenizer, counts, n=12, dims=3, color_by="class")
+    by_class = figures.embedding_figure(model, tokenizer, counts, n=12, dims=3, color_by="class")
     assert all(isinstance(t, go.Scatter3d) for t in by_class.data)
     assert sum(len(t.x) for t in by_class.data) == 12
     assert {t.name for t in by_class.data} <= set(inspection.TOKEN_CLASSES)
@@ -312,11 +312,11 @@ def test_position_similarity(model):
     np.testing.assert_allclose(np.diag(sims), 1.0, atol=1e-5)
     weights = model.position_embedding.weight.detach()
     assert sims[3, 10] == pytest.approx(float(F.cosine_similarity(weights[3], weights[10], dim=0)), abs=1e-5)
-    fig = inspection.position_similarity_figure(model)
+    fig = figures.position_similarity_figure(model)
     np.testing.assert_allclose(np.asarray(fig.data[0].z), sims, atol=1e-6)
     rope = tiny_model(position="rope")
     assert inspection.position_similarity(rope) is None
-    assert "RoPE" in inspection.position_similarity_figure(rope).layout.annotations[0].text
+    assert "RoPE" in figures.position_similarity_figure(rope).layout.annotations[0].text
 
 
 # -- per-token loss -----------------------------------------------------------------------------------------
@@ -339,7 +339,7 @@ def test_token_losses_equal_the_models_loss(model, tokenizer):
 
 def test_token_loss_html_marks_every_token(model, tokenizer):
     result = inspection.token_losses(model, tokenizer, "a <b> & c\nd")
-    page = inspection.token_loss_html(result, tokenizer)
+    page = figures.token_loss_html(result, tokenizer)
     assert page.count('class="tl-tok"') == len(result.ids)
     assert "␣&lt;" in page and "<b>" not in page.replace(f"<b>{result.summary()}</b>", "")
     assert "↵" in page and "top predictions" in page
@@ -418,7 +418,7 @@ def test_replay_needs_snapshots(tmp_path):
 
 def test_figures_serialise_for_the_browser(maps):
     """gr.Plot sends `fig.to_json()`; the attention arrays travel as float32 typed arrays."""
-    grid = json.loads(inspection.attention_grid_figure(maps).to_json())
+    grid = json.loads(figures.attention_grid_figure(maps).to_json())
     assert grid["data"][0]["z"]["dtype"] == "f4"
 
 

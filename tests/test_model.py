@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from gpt.errors import UserInputError
-from gpt.model import GPT, PRESETS, GPTConfig, SlidingDecoder
+from gpt.config import PRESETS
+from gpt.model import GPT, GPTConfig, SlidingDecoder
 
 OPTION_SETS = {
     "gpt2-default": {},
@@ -262,7 +263,7 @@ def test_every_option_changes_the_model(name: str) -> None:
 @pytest.mark.parametrize("preset", ["tiny", "seed", "gpt2"])
 def test_preset_shapes_train(preset: str) -> None:
     """Each preset's layer/head layout trains (narrowed widths keep the test fast)."""
-    shape = PRESETS[preset]
+    shape = PRESETS[preset].model
     head_size = 4
     config = GPTConfig(
         vocab_size=61, context_length=16, n_layer=shape["n_layer"], n_head=shape["n_head"],

@@ -15,14 +15,16 @@ import pytest
 import torch
 from transformers import GPT2LMHeadModel
 
-from gpt import checkpoint as ckpt
+from gpt import run as ckpt
 from gpt.cli import main
+from gpt.config import PRESETS, TrainConfig, default_preset
 from gpt.data import load_split, read_meta
 from gpt.errors import UserInputError
-from gpt.model import PRESETS, GPTConfig
+from gpt.model import GPTConfig
 from gpt.sampling import SamplingConfig, generate
 from gpt.tokenizer import GPT2_EOT_ID, GPT2_VOCAB_SIZE
-from gpt.train import TRAIN_PRESETS, TrainConfig, Trainer, compact_tokenizer, default_preset
+from gpt.train import Trainer
+from gpt.vocab import compact_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = {"context_length": 32, "n_layer": 1, "n_head": 2, "n_embd": 16}
@@ -49,10 +51,10 @@ def test_compact_vocabulary_holds_exactly_the_ids_of_the_data(data_dir: Path) ->
 
 def test_compact_run_saves_its_vocabulary_and_shrinks_the_model(compact_run: Path, data_dir: Path) -> None:
     config = ckpt.read_config(compact_run)
-    assert config["train"]["vocab"] == "compact"
+    assert config.train.vocab == "compact"
     loaded = ckpt.load_run(compact_run)
     assert loaded.tokenizer.is_compact
-    assert loaded.model.config.vocab_size == loaded.tokenizer.vocab_size == config["model"]["vocab_size"]
+    assert loaded.model.config.vocab_size == loaded.tokenizer.vocab_size == config.model.vocab_size
     assert loaded.tokenizer.kept_gpt2_ids == compact_tokenizer(data_dir).kept_gpt2_ids
 
 
@@ -127,14 +129,15 @@ def test_bad_vocab_option_is_a_clear_error() -> None:
 
 
 def test_the_app_offers_quick_cpu_first_on_a_cpu() -> None:
-    assert default_preset(torch.device("cpu")) == "quick-cpu"
-    assert default_preset(torch.device("cuda")) == "seed"
+    assert default_preset("cpu") == "quick-cpu"
+    assert default_preset("cuda") == "seed"
 
 
 def test_quick_cpu_preset_is_the_measured_recipe() -> None:
-    assert "quick-cpu" in PRESETS and "quick-cpu" in TRAIN_PRESETS
+    assert "quick-cpu" in PRESETS
     config = TrainConfig.from_preset("quick-cpu")
-    assert (config.vocab, config.optimizer, config.precision, config.max_minutes) == ("compact", "muon", "bf16", 5.0)
+    # precision is decided for the machine at run time (gpt/runtime.py), never by the preset
+    assert (config.vocab, config.optimizer, config.precision, config.max_minutes) == ("compact", "muon", "auto", 5.0)
     assert TrainConfig.from_preset("quick-cpu", max_steps=1).max_minutes is None  # a given stop replaces the preset's
     GPTConfig.from_preset("quick-cpu")
 

@@ -15,12 +15,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from gpt import checkpoint as ckpt
+from gpt import run as ckpt
 from gpt.cli import main
-from gpt.data import read_meta
+from gpt.config import TrainConfig
+from gpt.data.folder import read_meta
 from gpt.errors import UserInputError
 from gpt.model import GPTConfig
-from gpt.train import TrainConfig, Trainer, cosine_lr
+from gpt.optim import cosine_lr
+from gpt.train import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = {"context_length": 32, "n_layer": 1, "n_head": 2, "n_embd": 16}
@@ -46,10 +48,10 @@ def test_training_writes_a_complete_run_folder(data_dir: Path, tmp_path: Path) -
     for name in ("config.json", "model.safetensors", "trainer_state.pt", "metrics.jsonl", "README.md"):
         assert (run / name).is_file(), name
     rows = ckpt.read_metrics(run)
-    assert {row["kind"] for row in rows} == {"train", "eval", "sample", "status"}
+    assert {row["kind"] for row in rows} == {"phase", "train", "eval", "sample", "status"}
     for row in rows:
         required = {"train": TRAIN_KEYS, "eval": EVAL_KEYS, "sample": {"prompt", "text"},
-                    "status": {"status", "message"}}[row["kind"]]
+                    "status": {"status", "message"}, "phase": {"phase"}}[row["kind"]]
         assert required <= set(row), row
     assert [r["status"] for r in rows if r["kind"] == "status"] == ["running", "finished"]
     assert [r["step"] for r in rows if r["kind"] == "eval"] == [0, 5, 10, 15]
@@ -103,7 +105,7 @@ def test_resume_can_extend_a_finished_run(data_dir: Path, tmp_path: Path) -> Non
     assert trainer.run() == "finished"
     assert trainer.step == 6
     assert ckpt.load_run(tmp_path / "run").step == 6
-    assert ckpt.read_config(tmp_path / "run")["train"]["max_steps"] == 6
+    assert ckpt.read_config(tmp_path / "run").train.max_steps == 6
 
 
 def test_nan_loss_marks_the_run_diverged_and_keeps_the_last_good_checkpoint(data_dir: Path, tmp_path: Path) -> None:
@@ -345,7 +347,7 @@ def test_ddp_two_cpu_processes_match_one_process(data_dir: Path, tmp_path: Path)
 
 
 def test_reuse_freed_cpu_memory_takes_effect_in_a_fresh_process() -> None:
-    code = "from gpt.train import reuse_freed_cpu_memory; print(reuse_freed_cpu_memory())"
+    code = "from gpt.runtime import reuse_freed_cpu_memory; print(reuse_freed_cpu_memory())"
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == ("True" if sys.platform == "linux" else "False")

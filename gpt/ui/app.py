@@ -1,7 +1,8 @@
 """The app: `build_demo()` assembles the Data, Train, Inspect and Generate tabs into one `gr.Blocks`.
 
-Each tab lives in its own module (`data_tab.py`, `train_tab.py`, `gpt/ui/inspect_tab.py`,
-`generate_tab.py`) and only wires library calls to components. Nothing here touches the network or
+Each tab lives in its own module (`data_tab.py`, `train_tab.py`, `inspect_tab.py`, `generate_tab.py`)
+with `build(dirs)` (layout, returns its components) and `wire(dirs, tab, demo)` (events); tabs share
+`common.py` (error decorator), `runs.py`/`picker.py` (the app's runs) and `datasets.py`, never each other. Nothing here touches the network or
 trains at start-up, so the page is served within seconds on a CPU-only machine.
 """
 
@@ -11,12 +12,12 @@ from pathlib import Path
 
 import gradio as gr
 
-from gpt.checkpoint import CHECKPOINTS_DIR
+from gpt.run import CHECKPOINTS_DIR
+from gpt.ui import train_tab
 from gpt.ui.common import DEFAULT_DATA_DIR, AppDirs
 from gpt.ui.data_tab import build_data_tab
 from gpt.ui.generate_tab import build_generate_tab
 from gpt.ui.inspect_tab import build_inspect_tab
-from gpt.ui.train_tab import build_train_tab
 
 MAX_FILE_SIZE = "200mb"
 INTRO = (
@@ -37,7 +38,7 @@ def build_demo(data_dir: str | Path | None = None, runs_dir: str | Path | None =
             with gr.Tab("Data", id="data"):
                 build_data_tab(dirs)
             with gr.Tab("Train", id="train"):
-                build_train_tab(dirs, demo)
+                train_tab.wire(dirs, train_tab.build(dirs), demo)
             with gr.Tab("Inspect", id="inspect"):
                 build_inspect_tab(dirs)
             with gr.Tab("Generate", id="generate"):

@@ -1,20 +1,31 @@
-"""The Data tab: load a corpus (bundled, uploaded files, or a Hugging Face dataset), pick the text column,
-choose cleaning options with a live before/after preview, and prepare token files for training.
+"""The Data tab: load a corpus (bundled, uploaded files, or a Hugging Face dataset), check its text encoding
+and text column, choose cleaning options with a live before/after preview, and prepare token files.
 
-Everything is a call into `gpt.data`: `load_documents` / `load_hf_dataset`, `clean_documents` on a
-sample for the preview, `prepare_dataset` for the real work. Prepared datasets are folders under the
-app's data folder (`data/<name>/` with `meta.json`), so they survive restarts and the Train tab lists them.
+`build` lays the tab out, the module-level handlers do the work (plain functions: tests call them without a
+browser) and `wire` connects them. Everything is a call into `gpt.data`: `load_documents` /
+`load_hf_dataset`, `clean_documents` on a sample for the preview, `prepare_dataset` for the real work. The
+cleaning controls are made from `CleanConfig`'s field metadata, the same that makes the `prepare` flags.
+Prepared datasets are folders under the app's data folder (`gpt.ui.datasets`), so they survive restarts
+and the Train tab lists them.
+
+Errors: every handler is wrapped in `handle_errors`; each event shows its progress (and so its error) only
+on the output it is about, so a failed load does not put "Error" over the dataset name or the list of
+datasets. Uploaded files are named by their own names (Gradio keeps an upload's name in its temporary
+path), never by the server's folder.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import functools
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
 
 from gpt.data import (
-    REPLACE_MODES,
+    AUTO_ENCODING,
+    ENCODINGS,
     SUPPORTED_SUFFIXES,
     CleanConfig,
     LoadedSource,
@@ -25,66 +36,82 @@ from gpt.data import (
     read_meta,
     split_token_counts,
 )
+from gpt.errors import UserInputError
+from gpt.fields import FieldSpec, field_specs
 from gpt.inspection import most_frequent_tokens
 from gpt.tokenizer import gpt2_tokenizer
-from gpt.ui.common import BUNDLED_CORPUS, BUNDLED_DATASET_NAME, AppDirs, error_text, safe_name
+from gpt.ui.common import BUNDLED_CORPUS, BUNDLED_DATASET_NAME, AppDirs, error_text, handle_errors, safe_name
+from gpt.ui.datasets import dataset_dir, prepared_datasets
 
 SOURCES = ["Tiny Shakespeare (bundled)", "Upload files", "Hugging Face dataset"]
 PREVIEW_DOCS = 200
 PREVIEW_CHARS = 20_000
 TOP_TOKENS = 15
-# Labels of the cleaning options (every field of `CleanConfig` gets a control; unlisted ones use their name).
-CLEAN_LABELS = {
-    "fix_unicode": "Fix broken Unicode (mojibake)",
-    "strip_html": "Strip HTML tags",
-    "urls": "URLs",
-    "emails": "E-mail addresses",
-    "phone_numbers": "Phone numbers",
-    "numbers": "Numbers",
-    "remove_line_breaks": "Remove line breaks (loses verse and dialogue structure)",
-    "collapse_whitespace": "Collapse repeated spaces and blank lines",
-    "lowercase": "Lower-case everything",
-    "to_ascii": "Convert to ASCII (destroys non-Latin text and emoji)",
-    "min_chars": "Drop documents shorter than (characters)",
-    "deduplicate": "Drop exact duplicate documents",
-    "remove_patterns": "Remove regex matches (one pattern per line)",
-}
+PREVIEW_HEADERS = ["file", "characters", "text"]  # what a text file's preview shows; a table shows its columns
+CLEAN_SPECS = field_specs(CleanConfig)
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # "name" or "owner/name" on the Hub
 
 
-def prepared_datasets(dirs: AppDirs) -> list[str]:
-    """Names of the prepared datasets in the app's data folder (folders holding a meta.json)."""
-    return sorted(path.parent.name for path in dirs.data.glob("*/meta.json"))
+@dataclass
+class DataTab:
+    """The tab's components, as `build` made them."""
+
+    loaded: gr.State
+    kind: gr.Radio
+    files: gr.File
+    hf_group: gr.Group
+    hf_name: gr.Textbox
+    hf_config: gr.Textbox
+    hf_split: gr.Textbox
+    encoding: gr.Dropdown
+    split_blank: gr.Checkbox
+    load: gr.Button
+    summary: gr.Markdown
+    column: gr.Dropdown
+    preview: gr.Dataframe
+    options: list[gr.components.Component]
+    cleaning: gr.Markdown
+    val_fraction: gr.Slider
+    name: gr.Textbox
+    overwrite: gr.Checkbox
+    prepare: gr.Button
+    result: gr.Markdown
+    datasets: gr.Dropdown
+    dataset_info: gr.Markdown
 
 
-def ensure_bundled_dataset(dirs: AppDirs) -> Path:
-    """The bundled Tiny Shakespeare, prepared with the default cleaning on first use."""
-    out = dirs.data / BUNDLED_DATASET_NAME
-    if not (out / "meta.json").is_file():
-        prepare_dataset([BUNDLED_CORPUS], out, clean_config=CleanConfig(), val_fraction=0.1)
-    return out
-
-
-def _clean_config(values: dict) -> CleanConfig:
-    values = dict(values)
-    values["remove_patterns"] = tuple(line for line in (values.get("remove_patterns") or "").splitlines() if line)
-    values["min_chars"] = int(values.get("min_chars") or 0)
+# -- handlers -----------------------------------------------------------------------------------------
+def _clean_config(option_values) -> CleanConfig:
+    """A CleanConfig from the cleaning controls' values, in `CLEAN_SPECS` order."""
+    values = {}
+    for spec, value in zip(CLEAN_SPECS, option_values, strict=True):
+        if spec.kind is tuple:
+            value = tuple(line for line in (value or "").splitlines() if line)
+        elif spec.kind is int:
+            value = spec.default if value is None else int(value)
+        values[spec.name] = value
     return CleanConfig(**values)
 
 
-def _load(kind: str, files, split_blank: bool, hf_name: str, hf_config: str, hf_split: str,
+def _load(kind: str, files, split_blank: bool, hf_name: str, hf_config: str, hf_split: str, encoding: str,
           column: str | None) -> LoadedSource:
     if kind == SOURCES[0]:
-        return load_documents([BUNDLED_CORPUS], split_on_blank_lines=split_blank)
+        return load_documents([BUNDLED_CORPUS], split_on_blank_lines=split_blank, encoding=encoding)
     if kind == SOURCES[1]:
         paths = [Path(f) for f in (files or [])]
         if not paths:
-            raise gr.Error("Upload at least one file first (" + ", ".join(sorted(SUPPORTED_SUFFIXES)) + ").")
-        return load_documents(paths, column=column or None, split_on_blank_lines=split_blank)
-    return load_hf_dataset((hf_name or "").strip(), (hf_config or "").strip() or None,
-                           (hf_split or "").strip() or "train", column=column or None)
+            raise UserInputError("Upload at least one file first (" + ", ".join(sorted(SUPPORTED_SUFFIXES)) + ").")
+        return load_documents(paths, column=column or None, split_on_blank_lines=split_blank, encoding=encoding,
+                              names=[path.name for path in paths])  # an upload's own name, not the temp folder
+    name = (hf_name or "").strip()
+    if name and (not HUB_ID.fullmatch(name) or ".." in name or Path(name).exists()):
+        raise UserInputError(f"{name!r} is not a Hugging Face dataset name such as 'karpathy/tiny_shakespeare'; "
+                             "to load your own files, choose Upload files")  # never a folder of the server
+    return load_hf_dataset(name, (hf_config or "").strip() or None, (hf_split or "").strip() or "train",
+                           column=column or None)
 
 
-def _default_name(kind: str, loaded: LoadedSource, files, hf_name: str) -> str:
+def _default_name(kind: str, files, hf_name: str) -> str:
     if kind == SOURCES[0]:
         return BUNDLED_DATASET_NAME
     if kind == SOURCES[1] and files:
@@ -92,26 +119,50 @@ def _default_name(kind: str, loaded: LoadedSource, files, hf_name: str) -> str:
     return safe_name((hf_name or "dataset").split("/")[-1], default="dataset")
 
 
+def _encoding_text(loaded: LoadedSource) -> str:
+    """'encoding cp1252 (detected)', or one entry per file when they differ; '' for Parquet / datasets."""
+    used = sorted(set(loaded.encodings.values()))
+    if not used:
+        return ""
+    how = "detected" if loaded.encoding == AUTO_ENCODING else "as chosen"
+    if len(used) == 1:
+        return f"encoding **{used[0]}** ({how})"
+    return f"encodings ({how}): " + ", ".join(f"{name} **{enc}**" for name, enc in loaded.encodings.items())
+
+
 def _loaded_markdown(loaded: LoadedSource) -> str:
     chars = sum(len(doc) for doc in loaded.documents)
-    lines = [f"**Loaded {loaded.source}:** {len(loaded.documents):,} documents, {chars:,} characters"
-             + (f", text column `{loaded.chosen_column}`" if loaded.chosen_column else "")]
+    details = [f"{len(loaded.documents):,} documents", f"{chars:,} characters"]
+    if loaded.chosen_column:
+        details.append(f"text column `{loaded.chosen_column}`")
+    if _encoding_text(loaded):
+        details.append(_encoding_text(loaded))
+    lines = [f"**Loaded {loaded.source}:** " + ", ".join(details)]
     lines += [f"- note: {note}" for note in loaded.notes]
+    if loaded.encoding == AUTO_ENCODING and set(loaded.encodings.values()) - {"utf-8", "utf-8-sig"}:
+        lines.append("- Text looks wrong (é shown as Ã©, or č where è belongs)? Choose its **Text encoding**.")
     return "\n".join(lines)
 
 
-def load_source(kind, files, split_blank, hf_name, hf_config, hf_split, column=None):
-    """Load the chosen source; returns (state, summary, column picker, preview table, dataset name)."""
-    try:
-        loaded = _load(kind, files, split_blank, hf_name, hf_config, hf_split, column)
-    except gr.Error:
-        raise
-    except Exception as error:  # the library's UserInputError, or an unreadable file: show, keep serving
-        raise gr.Error(error_text(error)) from error
+@handle_errors
+def load_source(kind, files, split_blank, hf_name, hf_config, hf_split, encoding=AUTO_ENCODING, column=None,
+                progress=gr.Progress(track_tqdm=True)):  # noqa: B008 (how Gradio asks for a progress bar)
+    """Load the chosen source; returns (state, summary, column picker, preview table, dataset name).
+
+    `progress` follows `datasets`' download bars when a Hub dataset is fetched."""
+    del progress  # Gradio tracks tqdm through it
+    loaded = _load(kind, files, split_blank, hf_name, hf_config, hf_split, encoding or AUTO_ENCODING, column)
     column_update = gr.update(choices=loaded.columns or [], value=loaded.chosen_column,
                               visible=bool(loaded.columns))
-    return (loaded, _loaded_markdown(loaded), column_update, loaded.preview,
-            _default_name(kind, loaded, files, hf_name))
+    return loaded, _loaded_markdown(loaded), column_update, loaded.preview, _default_name(kind, files, hf_name)
+
+
+@handle_errors
+def reload_source(loaded, kind, files, split_blank, hf_name, hf_config, hf_split, encoding, column):
+    """Load again with a new text encoding or column, once something has been loaded."""
+    if loaded is None:
+        return tuple(gr.skip() for _ in range(5))
+    return load_source(kind, files, split_blank, hf_name, hf_config, hf_split, encoding, column)
 
 
 def _non_ascii(documents) -> int:
@@ -126,14 +177,14 @@ def _stats_table(before: dict, after: dict) -> str:
     return "\n".join(rows)
 
 
+@handle_errors
 def clean_preview(loaded: LoadedSource | None, *option_values) -> str:
     """Markdown: what the cleaning options do to a sample of the loaded documents."""
     if loaded is None:
         return "Load a source to see what cleaning does to it."
-    names = [f.name for f in dataclasses.fields(CleanConfig)]
     try:
-        config = _clean_config(dict(zip(names, option_values, strict=True)))
-    except Exception as error:  # e.g. an invalid regular expression: say which
+        config = _clean_config(option_values)
+    except UserInputError as error:  # e.g. an invalid regular expression: say which, next to the preview
         return f"⚠️ **{error_text(error)}**"
     sample = [doc[:PREVIEW_CHARS] for doc in loaded.documents[:PREVIEW_DOCS]]
     report = clean_documents(sample, config)
@@ -168,9 +219,11 @@ def dataset_markdown(data_dir: Path) -> str:
     after = meta.get("stats_after", {})
     words = after.get("words") or 0
     tokens = meta["train_tokens"] + meta["val_tokens"]
+    encodings = meta.get("encodings") or {}
     lines = [
         f"### Dataset `{data_dir.name}`",
-        f"Source: {meta.get('source')}" + (f" (column `{meta['column']}`)" if meta.get("column") else ""),
+        f"Source: {meta.get('source')}" + (f" (column `{meta['column']}`)" if meta.get("column") else "")
+        + (f", read as {', '.join(sorted(set(encodings.values())))}" if encodings else ""),
         "",
         "| | value |",
         "|---|---:|",
@@ -189,8 +242,58 @@ def dataset_markdown(data_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def build_data_tab(dirs: AppDirs) -> None:
-    """The Data tab's components and events (called inside `gr.Tab("Data")`)."""
+@handle_errors
+def prepare(dirs: AppDirs, loaded: LoadedSource | None, dataset_name: str, val_fraction: float, overwrite: bool,
+            *option_values, progress=gr.Progress()):  # noqa: B008 (how Gradio asks for a progress bar)
+    """Clean, split and tokenize the loaded source into `data/<name>/`; returns (statistics, datasets list)."""
+    if loaded is None:
+        raise UserInputError("Load a source first.")
+    folder = safe_name(dataset_name, default="")
+    if not folder:
+        raise UserInputError("Give the dataset a name (letters, digits, '-', '_').")
+    config = _clean_config(option_values)
+    prepare_dataset(loaded, dirs.data / folder, clean_config=config, val_fraction=float(val_fraction),
+                    overwrite=bool(overwrite), progress=lambda fraction, message: progress(fraction, desc=message))
+    return dataset_markdown(dataset_dir(dirs, folder)), gr.update(choices=prepared_datasets(dirs), value=folder)
+
+
+@handle_errors
+def show_dataset(dirs: AppDirs, dataset_name: str | None) -> str:
+    """Statistics of a prepared dataset chosen by name (only names the app lists)."""
+    if not dataset_name:
+        return ""
+    return dataset_markdown(dataset_dir(dirs, dataset_name))
+
+
+def refresh_datasets(dirs: AppDirs):
+    return gr.update(choices=prepared_datasets(dirs))
+
+
+def toggle_source(kind: str):
+    """Show the file picker or the dataset-name fields for the chosen source."""
+    return gr.update(visible=kind == SOURCES[1]), gr.update(visible=kind == SOURCES[2])
+
+
+# -- layout -------------------------------------------------------------------------------------------
+def _clean_control(spec: FieldSpec) -> gr.components.Component:
+    """The control of one cleaning option, labelled and explained by its field metadata."""
+    elem_id = f"clean-{spec.name.replace('_', '-')}"
+    info = spec.help if spec.help.lower() != spec.label.lower() else None
+    if spec.kind is bool:
+        return gr.Checkbox(spec.default, label=spec.label, info=info, elem_id=elem_id)
+    if spec.choices:
+        return gr.Radio(list(spec.choices), value=spec.default, label=spec.label, info=info, elem_id=elem_id)
+    if spec.kind is int:
+        return gr.Number(spec.default, precision=0, minimum=spec.minimum, label=spec.label, info=info,
+                         elem_id=elem_id)
+    if spec.kind is tuple:
+        return gr.Textbox("\n".join(spec.default), lines=2, label=spec.label, info=info, placeholder=r"\[\d+\]",
+                          elem_id=elem_id)
+    raise TypeError(f"no control for cleaning option {spec.name} of kind {spec.kind.__name__}")
+
+
+def build(dirs: AppDirs) -> DataTab:
+    """The tab's layout (inside `gr.Tab("Data")`); no events."""
     loaded = gr.State(None)
     with gr.Row():
         with gr.Column(scale=1):
@@ -204,6 +307,9 @@ def build_data_tab(dirs: AppDirs) -> None:
                 with gr.Row():
                     hf_config = gr.Textbox(label="Config (optional)", elem_id="data-hf-config")
                     hf_split = gr.Textbox(value="train", label="Split", elem_id="data-hf-split")
+            encoding = gr.Dropdown(list(ENCODINGS), value=AUTO_ENCODING, label="Text encoding",
+                                   info="auto: UTF-8, else detected (cp1252 when unsure); any Python codec name",
+                                   allow_custom_value=True, elem_id="data-encoding")
             split_blank = gr.Checkbox(False, label="Text files: one document per blank-line-separated block",
                                       elem_id="data-split-blank")
             load = gr.Button("Load", variant="primary", elem_id="data-load")
@@ -211,23 +317,12 @@ def build_data_tab(dirs: AppDirs) -> None:
             summary = gr.Markdown("Choose a source and press **Load**.", elem_id="data-summary")
             column = gr.Dropdown([], label="Text column", visible=False, allow_custom_value=True,
                                  elem_id="data-column")
-            preview = gr.Dataframe(label="Preview", max_height=260, wrap=True, elem_id="data-preview")
+            preview = gr.Dataframe(headers=PREVIEW_HEADERS, label="Preview", max_height=260, wrap=True,
+                                   interactive=False, elem_id="data-preview")
     gr.Markdown("### Cleaning")
     with gr.Row():
         with gr.Column(scale=1):
-            options = []
-            for option in dataclasses.fields(CleanConfig):
-                label = CLEAN_LABELS.get(option.name, option.name.replace("_", " "))
-                elem_id = f"clean-{option.name.replace('_', '-')}"
-                if option.type in ("bool", bool):
-                    options.append(gr.Checkbox(option.default, label=label, elem_id=elem_id))
-                elif option.type in ("int", int):
-                    options.append(gr.Number(option.default, precision=0, minimum=0, label=label, elem_id=elem_id))
-                elif option.name == "remove_patterns":
-                    options.append(gr.Textbox("", lines=2, label=label, placeholder=r"\[\d+\]", elem_id=elem_id))
-                else:
-                    options.append(gr.Radio(list(REPLACE_MODES), value=option.default, label=label,
-                                            elem_id=elem_id))
+            options = [_clean_control(spec) for spec in CLEAN_SPECS]
         with gr.Column(scale=2):
             cleaning = gr.Markdown("Load a source to see what cleaning does to it.", elem_id="data-clean-preview")
     gr.Markdown("### Prepare")
@@ -236,53 +331,43 @@ def build_data_tab(dirs: AppDirs) -> None:
                                  elem_id="data-val-fraction")
         name = gr.Textbox(value=BUNDLED_DATASET_NAME, label="Dataset name (folder under data/)", elem_id="data-name")
         overwrite = gr.Checkbox(False, label="Overwrite a dataset of that name", elem_id="data-overwrite")
-    prepare = gr.Button("Prepare", variant="primary", elem_id="data-prepare")
+    prepare_button = gr.Button("Prepare", variant="primary", elem_id="data-prepare")
     with gr.Row():
         result = gr.Markdown(elem_id="data-result")
         with gr.Column():
             datasets = gr.Dropdown(prepared_datasets(dirs), value=None, label="Prepared datasets",
-                                   allow_custom_value=True, elem_id="data-datasets")
+                                   allow_custom_value=True, elem_id="data-datasets")  # checked by dataset_dir
             dataset_info = gr.Markdown(elem_id="data-dataset-info")
+    return DataTab(loaded, kind, files, hf_group, hf_name, hf_config, hf_split, encoding, split_blank, load, summary,
+                   column, preview, options, cleaning, val_fraction, name, overwrite, prepare_button, result, datasets,
+                   dataset_info)
 
-    def toggle(kind_value):
-        return gr.update(visible=kind_value == SOURCES[1]), gr.update(visible=kind_value == SOURCES[2])
 
-    def do_prepare(state, dataset_name, fraction, overwrite_value, *option_values,
-                   progress=gr.Progress()):  # noqa: B008 (how Gradio asks for a progress bar)
-        if state is None:
-            raise gr.Error("Load a source first.")
-        names = [f.name for f in dataclasses.fields(CleanConfig)]
-        folder = safe_name(dataset_name, default="")
-        if not folder:
-            raise gr.Error("Give the dataset a name (letters, digits, '-', '_').")
-        try:
-            config = _clean_config(dict(zip(names, option_values, strict=True)))
-            report = prepare_dataset(state, dirs.data / folder, clean_config=config, val_fraction=float(fraction),
-                                     overwrite=bool(overwrite_value),
-                                     progress=lambda fraction, message: progress(fraction, desc=message))
-            text = dataset_markdown(report.out_dir)
-        except Exception as error:
-            raise gr.Error(error_text(error)) from error
-        return text, gr.update(choices=prepared_datasets(dirs), value=folder)
-
-    def show_dataset(dataset_name):
-        if not dataset_name:
-            return ""
-        try:
-            return dataset_markdown(dirs.data / safe_name(dataset_name))
-        except Exception as error:
-            raise gr.Error(error_text(error)) from error
-
-    source_inputs = [kind, files, split_blank, hf_name, hf_config, hf_split]
-    load_outputs = [loaded, summary, column, preview, name]
-    kind.change(toggle, kind, [files, hf_group], api_visibility="private")
-    load.click(load_source, source_inputs, load_outputs, api_name="load_source").then(
-        clean_preview, [loaded, *options], cleaning, api_visibility="private")
-    column.input(load_source, [*source_inputs, column], load_outputs, api_visibility="private").then(
-        clean_preview, [loaded, *options], cleaning, api_visibility="private")
-    gr.on([option.change for option in options], clean_preview, [loaded, *options], cleaning,
+# -- events -------------------------------------------------------------------------------------------
+def wire(tab: DataTab, dirs: AppDirs) -> None:
+    """Connect the tab's events to the handlers. Each event shows progress and errors only on its own
+    message (`show_progress_on`), never on the other outputs it fills."""
+    source_inputs = [tab.kind, tab.files, tab.split_blank, tab.hf_name, tab.hf_config, tab.hf_split, tab.encoding]
+    load_outputs = [tab.loaded, tab.summary, tab.column, tab.preview, tab.name]
+    preview_inputs = [tab.loaded, *tab.options]
+    tab.kind.change(toggle_source, tab.kind, [tab.files, tab.hf_group], api_visibility="private")
+    tab.load.click(load_source, source_inputs, load_outputs, api_name="load_source",
+                   show_progress_on=[tab.summary]).success(
+        clean_preview, preview_inputs, tab.cleaning, api_visibility="private")
+    gr.on([tab.column.input, tab.encoding.input], reload_source, [tab.loaded, *source_inputs, tab.column],
+          load_outputs, api_visibility="private", show_progress_on=[tab.summary]).success(
+        clean_preview, preview_inputs, tab.cleaning, api_visibility="private")
+    gr.on([option.change for option in tab.options], clean_preview, preview_inputs, tab.cleaning,
           api_name="preview_cleaning", trigger_mode="always_last")
-    prepare.click(do_prepare, [loaded, name, val_fraction, overwrite, *options], [result, datasets],
-                  api_name="prepare")
-    datasets.input(show_dataset, datasets, dataset_info, api_name="dataset_info")
-    datasets.focus(lambda: gr.update(choices=prepared_datasets(dirs)), None, datasets, api_visibility="private")
+    tab.prepare.click(functools.partial(prepare, dirs), [tab.loaded, tab.name, tab.val_fraction, tab.overwrite,
+                                                         *tab.options],
+                      [tab.result, tab.datasets], api_name="prepare", show_progress_on=[tab.result])
+    tab.datasets.input(functools.partial(show_dataset, dirs), tab.datasets, tab.dataset_info, api_name="dataset_info")
+    tab.datasets.focus(functools.partial(refresh_datasets, dirs), None, tab.datasets, api_visibility="private")
+
+
+def build_data_tab(dirs: AppDirs) -> DataTab:
+    """The Data tab, laid out and wired (called inside `gr.Tab("Data")`)."""
+    tab = build(dirs)
+    wire(tab, dirs)
+    return tab

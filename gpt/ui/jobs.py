@@ -1,16 +1,20 @@
 """One training job per server, which the UI polls through the run's `metrics.jsonl`.
 
-The registry (`JOBS`) is a module global, so every browser session, and the same page after a reload,
-finds the running job again. Two kinds of job, with the same face to the UI:
+Start always takes one path: the Train tab resolves the preset and the fields into a complete
+`RunConfig`, `JobManager.start` writes it as the run's `config.json` (`gpt.run.create_run`), and the job
+trains from that file. The registry (`JOBS`) is a module global, so every browser session, and the same
+page after a reload, finds the running job again. Two kinds of job, with the same face to the UI:
 
-- `ProcessJob` (the default): `python -m gpt train ...` in a child process, so the app trains exactly as
-  the command line does and a crash in training cannot take the web server down. stdout/stderr go to
-  `train.log` in the run folder. Stop sends SIGTERM, which the trainer turns into a graceful stop with a
-  checkpoint.
-- `BurstJob` (on Hugging Face ZeroGPU, where a GPU exists only inside `@spaces.GPU` calls of about a
-  minute): a thread that calls `train_burst` again and again; each call resumes the run from its
-  checkpoint, trains for `burst_seconds` on the GPU and saves. Stop is honoured at the next burst, which
-  then ends the run as `stopped` with a final evaluation and checkpoint.
+- `ProcessJob` (the default): `python -m gpt train --config RUN/config.json` in a child process, so the app
+  trains exactly as the command line does and a crash in training cannot take the web server down.
+  stdout/stderr go to `train.log` in the run folder. Stop sends SIGTERM, which the trainer turns into a
+  graceful stop with a checkpoint.
+- `BurstJob` (on Hugging Face ZeroGPU, where a GPU exists only inside `@spaces.GPU` calls, 60 s by default,
+  run in a separate process with everything crossing it pickled): a thread that calls `train_burst` again
+  and again; each call starts the run from its config file or resumes it from its checkpoint, trains for
+  `BURST_SECONDS` on the GPU, saves, and returns only the status string (CPU state and plain data cross
+  the boundary, never CUDA tensors). torch.compile is refused there. Stop is honoured at the next burst,
+  which then ends the run as `stopped` with a final evaluation and checkpoint.
 """
 
 from __future__ import annotations
@@ -25,26 +29,20 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gpt.checkpoint import STATE_FILE
 from gpt.errors import UserInputError
-from gpt.model import GPTConfig
-from gpt.train import TrainConfig, Trainer
+from gpt.run import CONFIG_FILE, Run, RunConfig, create_run, log_path
+from gpt.train import Trainer
 from gpt.ui import zerogpu
 
-LOG_NAME = "train.log"
-BURST_SECONDS = 45.0
+# A burst trains this long; its GPU call (`duration`) adds room for start-up, the evaluation and the save,
+# and stays within ZeroGPU's default of 60 s per call.
+BURST_SECONDS = 40.0
+BURST_DURATION = 60
 
 
-def train_arguments(model: GPTConfig, train: TrainConfig, data_dir: Path, run_dir: Path, preset: str) -> list[str]:
-    """The `python -m gpt train` arguments that give exactly these configs (every field spelled out)."""
-    args = ["--data", str(data_dir), "--preset", preset, "--out", str(run_dir), "--no-progress"]
-    model_fields = {k: v for k, v in model.to_dict().items() if k != "vocab_size"}
-    for name, value in {**model_fields, **train.to_dict()}.items():
-        if value is None:
-            continue
-        flag = "--" + name.replace("_", "-")
-        args += [flag if value else "--no-" + flag[2:]] if isinstance(value, bool) else [flag, str(value)]
-    return args
+def train_command(run_dir: Path) -> list[str]:
+    """The child process's command: train the run its config file describes."""
+    return [sys.executable, "-m", "gpt", "train", "--config", str(run_dir / CONFIG_FILE), "--no-progress"]
 
 
 def _read_last_error(log_path: Path) -> str:
@@ -76,7 +74,7 @@ class ProcessJob:
         return self.process.poll()
 
     def last_error(self) -> str:
-        return _read_last_error(self.run_dir / LOG_NAME)
+        return _read_last_error(log_path(self.run_dir))
 
     def request_stop(self) -> None:
         self.stop_requested = True
@@ -89,15 +87,15 @@ class ProcessJob:
             self.process.kill()
 
 
-def _train_burst(model: dict, train: dict, data_dir: str, run_dir: str, command: str, seconds: float,
-                stop: bool) -> str:
-    """One GPU call of a `BurstJob`: start or resume the run, train up to `seconds`, save; returns its status.
+def _train_burst(run_dir: str, seconds: float, stop: bool) -> str:
+    """One GPU call of a `BurstJob`: start the run from its config file or resume it, train up to `seconds`,
+    save; returns its status (a plain string: nothing else crosses the ZeroGPU process boundary).
     With `stop`, end the run now as `stopped` (final evaluation and checkpoint)."""
-    if (Path(run_dir) / STATE_FILE).is_file():
-        trainer = Trainer.resume(run_dir)
+    run = Run.open(run_dir)
+    if run.has_trainer_state():
+        trainer = Trainer.resume(run.dir, on_zerogpu=zerogpu.ON_ZEROGPU)
     else:
-        trainer = Trainer(GPTConfig.from_dict(model), TrainConfig.from_dict(train), data_dir, run_dir,
-                          command=command)
+        trainer = Trainer.from_config(run.dir / CONFIG_FILE, on_zerogpu=zerogpu.ON_ZEROGPU)
     if stop:
         trainer.request_stop()
     status = trainer.run(max_seconds=seconds)
@@ -106,7 +104,7 @@ def _train_burst(model: dict, train: dict, data_dir: str, run_dir: str, command:
     return status
 
 
-train_burst = zerogpu.gpu(_train_burst, duration=int(BURST_SECONDS) + 30)
+train_burst = zerogpu.gpu(_train_burst, duration=BURST_DURATION)
 
 
 @dataclass
@@ -114,10 +112,6 @@ class BurstJob:
     """Training in bounded bursts from a thread of the server (for ZeroGPU)."""
 
     run_dir: Path
-    model: GPTConfig
-    train: TrainConfig
-    data_dir: Path
-    command: str
     burst_seconds: float
     stop_requested: bool = False
     _returncode: int | None = None
@@ -132,7 +126,7 @@ class BurstJob:
         self._thread.start()
 
     def _log(self, line: str) -> None:
-        with open(self.run_dir / LOG_NAME, "a", encoding="utf-8") as log:
+        with open(log_path(self.run_dir), "a", encoding="utf-8") as log:
             log.write(line.rstrip("\n") + "\n")
 
     def _loop(self) -> None:
@@ -140,8 +134,7 @@ class BurstJob:
             status = "running"
             while status == "running":
                 stop = self.stop_requested
-                status = train_burst(self.model.to_dict(), self.train.to_dict(), str(self.data_dir),
-                                     str(self.run_dir), self.command, self.burst_seconds, stop)
+                status = train_burst(str(self.run_dir), self.burst_seconds, stop)
                 self._log(f"burst ended: {status}")
             self._returncode = 0 if status in ("finished", "stopped") else 1
         except UserInputError as error:
@@ -158,7 +151,7 @@ class BurstJob:
         return None if self.is_running() else self._returncode
 
     def last_error(self) -> str:
-        return _read_last_error(self.run_dir / LOG_NAME)
+        return _read_last_error(log_path(self.run_dir))
 
     def request_stop(self) -> None:
         self.stop_requested = True
@@ -182,18 +175,17 @@ class JobManager:
         """The running job, or the last one that ran (finished, stopped or failed)."""
         return self._job
 
-    def start(self, model: GPTConfig, train: TrainConfig, data_dir: Path, run_dir: Path,
-              preset: str) -> ProcessJob | BurstJob:
-        """Train `model` with `train` on `data_dir` into `run_dir`; refuse while another job runs."""
+    def start(self, config: RunConfig, run_dir: Path) -> ProcessJob | BurstJob:
+        """Write `config` as a new run in `run_dir` and train it; refuse while another job runs."""
         with self._lock:
             if self._job is not None and self._job.is_running():
                 raise UserInputError(
                     f"a training job is already running on this server: '{self._job.name}'. "
                     "Stop it first (one job at a time)."
                 )
-            run_dir.mkdir(parents=True, exist_ok=True)
-            command = [sys.executable, "-m", "gpt", "train", *train_arguments(model, train, data_dir, run_dir, preset)]
-            with open(run_dir / LOG_NAME, "ab") as log:
+            create_run(run_dir, config)
+            command = train_command(run_dir)
+            with open(log_path(run_dir), "ab") as log:
                 log.write(f"$ {' '.join(command)}\n".encode())
                 if self.burst_seconds is None:
                     log.flush()
@@ -202,8 +194,7 @@ class JobManager:
                                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
                     self._job = ProcessJob(run_dir=run_dir, process=process)
                     return self._job
-            job = BurstJob(run_dir=run_dir, model=model, train=train, data_dir=data_dir,
-                           command=" ".join(command[1:]), burst_seconds=self.burst_seconds)
+            job = BurstJob(run_dir=run_dir, burst_seconds=self.burst_seconds)
             job.start()
             self._job = job
             return job

@@ -11,7 +11,8 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
-from gpt.checkpoint import LoadedRun, list_checkpoints, load_run
+from gpt.errors import UserInputError
+from gpt.run import LoadedRun, Run
 
 MAX_LOADED = 3
 _cache: OrderedDict[tuple, LoadedRun] = OrderedDict()
@@ -19,22 +20,26 @@ _lock = threading.Lock()
 
 
 def checkpoint_choices(run_dir: str | Path) -> list[str]:
-    """The names `load_run` accepts for this run's checkpoints ("last", "best", "snapshot:STEP", ...)."""
-    return [info.name for info in list_checkpoints(Path(run_dir))]
+    """The checkpoint names of a run ("last", "best", "snapshot:STEP", ...)."""
+    return [info.name for info in Run.open(run_dir).checkpoints()]
 
 
 def get_run(run_dir: str | Path, checkpoint: str = "last", device: str = "cpu") -> LoadedRun:
-    """The loaded run, from the cache when its checkpoint file has not changed since it was loaded."""
-    run_dir = Path(run_dir)
-    infos = {info.name: info for info in list_checkpoints(run_dir)}
-    path = infos[checkpoint].path if checkpoint in infos else None
-    stamp = path.stat().st_mtime_ns if path is not None and path.exists() else None
-    key = (str(run_dir.resolve()), checkpoint, stamp, device)
+    """The loaded run, from the cache when its checkpoint file has not changed since it was loaded.
+    Only the run's own listed checkpoints are accepted (never a path)."""
+    run = Run.open(run_dir)
+    infos = {info.name: info for info in run.checkpoints()}
+    if checkpoint not in infos:
+        raise UserInputError(f"{run.name} has no checkpoint {Path(str(checkpoint)).name!r}; choose one of: "
+                             f"{', '.join(infos) or 'none yet'}")
+    path = infos[checkpoint].path
+    stamp = path.stat().st_mtime_ns if path.exists() else None
+    key = (str(run.dir.resolve()), checkpoint, stamp, device)
     with _lock:
         if key in _cache:
             _cache.move_to_end(key)
             return _cache[key]
-    loaded = load_run(run_dir, checkpoint=checkpoint, device=device)
+    loaded = run.load(checkpoint, device=device)
     with _lock:
         _cache[key] = loaded
         while len(_cache) > MAX_LOADED:

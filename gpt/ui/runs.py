@@ -1,4 +1,8 @@
-"""Runs as the app shows them: choices for dropdowns, the runs table, and zip download / upload.
+"""Runs as the app shows them: the app's list of runs, choices for dropdowns, the runs table, and zip
+download / upload.
+
+Dropdown values are run names, never server paths; `known_run` turns a value back into a folder only
+through the app's own list, so a handler can never be pointed at a folder the app did not list.
 
 An uploaded run is untrusted: only its JSON, text and safetensors files are kept (never a pickle such
 as `trainer_state.pt`), member paths cannot leave the upload folder, sizes are capped, and the weights
@@ -11,25 +15,14 @@ import math
 import re
 import shutil
 import tempfile
-import time
 import zipfile
 from pathlib import Path
 
 import pandas as pd
 
-from gpt.checkpoint import (
-    CONFIG_FILE,
-    DEFAULT_RUN,
-    LAST_FILE,
-    METRICS_FILE,
-    list_runs,
-    load_run,
-    read_config,
-    read_metrics,
-    run_status,
-)
+from gpt.card import final_evaluation
 from gpt.errors import UserInputError
-from gpt.model import GPTConfig
+from gpt.run import CONFIG_FILE, DEFAULT_RUN, LAST_FILE, Run, list_runs
 from gpt.ui.common import AppDirs, error_text, safe_name
 from gpt.ui.jobs import JOBS
 
@@ -39,7 +32,8 @@ ALLOWED = re.compile(
     r"^(config\.json|model\.safetensors|best\.safetensors|metrics\.jsonl|samples\.jsonl|README\.md|train\.log"
     r"|snapshots/step_\d+\.safetensors)$"
 )
-TABLE_COLUMNS = ["run", "status", "step", "train loss", "val loss", "val ppl", "bits/byte", "parameters", "data"]
+TABLE_COLUMNS = ["run", "status", "step", "train loss", "val loss", "val ppl", "bits/byte", "scored on", "parameters",
+                 "data"]
 
 
 def all_runs(dirs: AppDirs) -> list[Path]:
@@ -53,64 +47,64 @@ def run_label(run_dir: Path) -> str:
 
 
 def run_choices(dirs: AppDirs) -> list[tuple[str, str]]:
-    """(label, folder path) pairs for a run dropdown."""
-    return [(run_label(run), str(run)) for run in all_runs(dirs)]
+    """(label, run name) pairs for a run dropdown."""
+    return [(run_label(run), run.name) for run in all_runs(dirs)]
 
 
 def known_run(dirs: AppDirs, value: str | None) -> Path:
-    """The run folder a dropdown value names; only runs the app lists are accepted (no arbitrary paths)."""
+    """The run folder a dropdown value names; only runs the app lists are accepted (no arbitrary paths).
+    The value is a run name (a listed run's folder path is accepted too, for older clients)."""
     for run in all_runs(dirs):
-        if value and str(run) == str(value):
+        if value and value in (run.name, str(run)):
             return run
-    raise UserInputError(f"unknown run {value!r}: choose one of the listed runs (press ↻ to refresh the list)")
+    shown = Path(str(value)).name if value else value
+    raise UserInputError(f"unknown run {shown!r}: choose one of the listed runs (press ↻ to refresh the list)")
 
 
 def default_run_value(dirs: AppDirs) -> str | None:
     runs = all_runs(dirs)
-    return str(runs[0]) if runs else None
+    return runs[0].name if runs else None
 
 
 def _number(value, digits: int = 4):
     return round(float(value), digits) if isinstance(value, int | float) and math.isfinite(value) else None
 
 
-def recently_written(run_dir: Path, seconds: float = 120.0) -> bool:
-    """Whether the run's metrics changed lately (a `running` run trained by another process, e.g. the CLI)."""
-    metrics = run_dir / METRICS_FILE
-    return metrics.is_file() and time.time() - metrics.stat().st_mtime < seconds
+def run_state(run: Run) -> str:
+    """The run's state as the app sees it: this server's job counts as running here."""
+    job = JOBS.current()
+    running_here = job is not None and job.run_dir.resolve() == run.dir.resolve() and job.is_running()
+    return run.state(running_here=running_here)
 
 
 def runs_table(dirs: AppDirs) -> pd.DataFrame:
-    """One row per run: status and final metrics."""
-    job = JOBS.current()
+    """One row per run: status and final metrics. The validation figures are the final whole-split
+    evaluation when the run has one, else the last in-training estimate (marked "est.")."""
     rows = []
-    for run in all_runs(dirs):
+    for path in all_runs(dirs):
         try:
-            config = read_config(run)
-            parameters = GPTConfig.from_dict(config["model"]).num_parameters()
-        except (UserInputError, KeyError, TypeError) as error:
-            rows.append([run_label(run), f"unreadable: {error_text(error)}", None, None, None, None, None, None, ""])
+            run = Run.open(path)
+            parameters = run.config.model.num_parameters()
+        except UserInputError as error:
+            rows.append([run_label(path), f"unreadable: {error_text(error)}", None, None, None, None, None, None,
+                         "", ""])
             continue
-        metrics = read_metrics(run)
+        metrics = run.metrics()
         trains = [row for row in metrics if row.get("kind") == "train"]
         evals = [row for row in metrics if row.get("kind") == "eval"]
-        status = run_status(run) or {}
-        state = status.get("status", "")
-        if job is not None and job.run_dir.resolve() == run.resolve() and job.is_running():
-            state = "running"
-        elif state == "running":
-            state = "running elsewhere" if recently_written(run) else "interrupted"
-        last_eval = evals[-1] if evals else {}
+        final = final_evaluation(evals)
+        shown = final or (evals[-1] if evals else {})
         rows.append([
-            run_label(run),
-            state,
+            run_label(path),
+            run_state(run),
             max((row.get("step", 0) for row in metrics), default=None),
             _number(trains[-1].get("train_loss")) if trains else None,
-            _number(last_eval.get("val_loss")),
-            _number(last_eval.get("perplexity"), 2),
-            _number(last_eval.get("bits_per_byte")),
+            _number(shown.get("val_loss")),
+            _number(shown.get("perplexity"), 2),
+            _number(shown.get("bits_per_byte")),
+            "whole split" if final else ("estimate" if shown else ""),
             parameters,
-            Path(str((config.get("data") or {}).get("dir", ""))).name,
+            Path(run.config.data.dir).name,
         ])
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)
 
@@ -158,7 +152,7 @@ def import_run_zip(zip_path: str | Path, dirs: AppDirs) -> tuple[Path, list[str]
                 with archive.open(info) as source, open(target, "wb") as sink:
                     shutil.copyfileobj(source, sink)
             try:
-                load_run(staging, "last")
+                Run.open(staging).load("last")
             except Exception as error:  # a corrupt file, or a config that describes no valid model
                 raise UserInputError(f"{zip_path.name}: the run does not load ({error_text(error)})") from error
             name = safe_name(zip_path.stem, default="uploaded-run")

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from gpt import checkpoint as ckpt
+from gpt import run as ckpt
+from gpt.card import write_model_card
 from gpt.errors import UserInputError
 from gpt.model import GPT, GPTConfig
 from gpt.tokenizer import Tokenizer
@@ -93,7 +94,8 @@ def test_a_failed_write_leaves_the_previous_file_intact(tmp_path: Path, monkeypa
 
 KILL_LOOP = """
 import sys, torch
-from gpt import checkpoint as ckpt
+from gpt import run as ckpt
+from gpt.card import write_model_card
 from gpt.model import GPT, GPTConfig
 model = GPT(GPTConfig(vocab_size=50257, context_length=64, n_layer=2, n_head=2, n_embd=64))
 step = 0
@@ -178,7 +180,7 @@ def test_model_card_states_results_and_the_command(tmp_path: Path) -> None:
     ckpt.append_metrics(run, {"kind": "eval", "step": 5, "val_loss": 2.5, "perplexity": 12.18,
                               "bits_per_byte": 1.1})
     ckpt.append_metrics(run, {"kind": "sample", "step": 5, "prompt": "The", "text": " end"})
-    card = ckpt.write_model_card(run, ckpt.read_config(run), status={"status": "finished", "step": 5}).read_text()
+    card = write_model_card(run, ckpt.read_config(run), status={"status": "finished", "step": 5}).read_text()
     assert "2.5000 at step 5" in card and "1.1000" in card and "make_run" in card and " end" in card
 
 
@@ -187,4 +189,4 @@ def test_default_run_is_shipped_and_loads() -> None:
     assert loaded.step > 0
     evals = ckpt.read_metrics(ckpt.DEFAULT_RUN, kind="eval")
     assert evals and evals[-1]["bits_per_byte"] < 3.0
-    assert "python -m gpt train" in loaded.config["command"]
+    assert "python -m gpt train" in loaded.config.command

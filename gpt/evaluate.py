@@ -1,0 +1,85 @@
+"""Evaluation: mean cross-entropy over a split, perplexity and bits per byte.
+
+Loss is mean cross-entropy in nats per token; perplexity = exp(loss); bits per byte = loss x tokens /
+(bytes x ln 2), which compares runs across tokenizers and datasets. In-training evaluations score the first
+`eval_batches` batches of the validation split (an estimate, labelled so); the end of a run and the
+`eval` command score the whole split (`scope: "full"`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from gpt.data.folder import iter_eval_batches, load_split, read_meta, token_id_map
+from gpt.errors import UserInputError
+from gpt.model import GPT
+
+SCOPES = ("estimate", "full")
+
+
+def bits_per_byte(loss: float, meta: dict, split: str = "val") -> float | None:
+    """loss (nats/token) x tokens / (bytes x ln 2) with the split's token and byte counts from meta.json."""
+    tokens, size = meta.get(f"{split}_tokens"), meta.get(f"{split}_bytes")
+    if not tokens or not size:
+        return None
+    return loss * tokens / (size * math.log(2))
+
+
+@torch.no_grad()
+def evaluate(
+    model: GPT,
+    tokens: np.ndarray,
+    *,
+    batch_size: int,
+    device: torch.device,
+    max_batches: int = 0,
+    id_map: np.ndarray | None = None,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> tuple[float, int]:
+    """Mean cross-entropy (nats/token) and the number of predicted tokens over non-overlapping windows of
+    the model's context: the whole split, or its first `max_batches` batches. Deterministic."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    batches = iter_eval_batches(tokens, model.config.context_length, batch_size, device=device, id_map=id_map,
+                                max_windows=max_batches * batch_size if max_batches else None)
+    for x, y in batches:
+        with autocast():
+            logits, _ = model(x)
+        total += F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1), ignore_index=-1,
+                                 reduction="sum").item()
+        count += int((y != -1).sum())
+    model.train(was_training)
+    if count == 0:
+        raise UserInputError(f"the split has too few tokens ({len(tokens)}) for one window of "
+                             f"{model.config.context_length}")
+    return total / count, count
+
+
+def evaluate_run(run: str | Path, data_dir: str | Path | None = None, *, batch_size: int = 8, device: str = "auto",
+                 checkpoint: str = "last", split: str = "val") -> dict:
+    """Deterministic loss, perplexity and bits per byte of a run's model over a whole split (the `eval` CLI).
+    `data_dir` defaults to the folder the run was trained on."""
+    from gpt.run import Run
+    from gpt.runtime import resolve_device
+
+    opened = Run.open(run)
+    data_dir = data_dir or opened.config.data.dir
+    if not data_dir:
+        raise UserInputError(f"{opened.name} records no data folder: pass --data DIR")
+    loaded = opened.load(checkpoint, device=resolve_device(device))
+    meta = read_meta(data_dir)
+    tokens = load_split(data_dir, split)
+    dev = loaded.model.token_embedding.weight.device
+    loss, count = evaluate(loaded.model, tokens, batch_size=batch_size, device=dev,
+                           id_map=token_id_map(loaded.tokenizer))
+    return {"val_loss": loss, "perplexity": math.exp(min(loss, 700.0)),
+            "bits_per_byte": bits_per_byte(loss, meta, split), "tokens": count, "split": split,
+            "step": loaded.step, "checkpoint": loaded.checkpoint, "scope": "full"}

@@ -1,0 +1,344 @@
+"""The machine a run trains on: device, precision, threads, allocator, compile, processes, peak FLOPs.
+
+Presets never name hardware (they say `precision: auto`); `resolve_runtime` decides here, on the machine
+at hand, and says why, and the trainer writes the decision into the run's `config.json` and status line:
+
+    runtime = resolve_runtime(train_config)   # Runtime(device=cpu, precision="fp32",
+                                              #   precision_reason="fp32: this CPU has no native bf16 (AVX2)")
+
+Why it matters: CPUs of the same kind of machine differ. With AVX-512 BF16 (or AMX, or an ARM CPU with
+BF16) bf16 matmuls can be as fast as fp32 or faster; with AVX2 only they run ~30-40x slower (measured:
+50 GFLOP/s fp32 against 1.6 bf16). On a CPU `auto` picks bf16 only where the CPU has native bf16 *and* a
+short calibration (a few matmuls of each dtype, cached per machine in `cache_dir()`) measured it faster;
+everything else the recipe runs in low precision follows the same decision (Muon's orthogonalisation,
+`gpt/optim.py`). `ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2` makes an
+AVX-512 machine behave like an AVX2 one: `torch.backends.cpu.get_cpu_capability()` then says AVX2 and the
+decision follows.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import math
+import os
+import platform
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from gpt.errors import UserInputError
+
+# Dense bf16/fp16 tensor-core peaks (FLOP/s) by GPU name, for MFU.
+PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10G": 125e12,
+              "A10": 125e12, "RTX PRO 6000": 503e12, "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12,
+              "T4": 65e12}
+# bf16 must beat fp32 by this factor in the calibration to be chosen (noise on a loaded machine is ~10%).
+BF16_MIN_SPEEDUP = 1.15
+CACHE_ENV = "GPT_PLAYGROUND_CACHE"
+
+
+# -- device ---------------------------------------------------------------------------------------
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks cuda, then mps, then cpu; an explicit device must exist."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserInputError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps", field="device") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserInputError("device cuda was asked for but no CUDA GPU is available; use --device cpu",
+                             field="device")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserInputError(f"there is no {name}: this machine has {torch.cuda.device_count()} CUDA device(s)",
+                             field="device")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserInputError("device mps was asked for but Apple's Metal backend is not available", field="device")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise UserInputError(f"unsupported device {name!r}; use auto, cpu, cuda, cuda:N or mps", field="device")
+    return device
+
+
+# -- CPU bf16 -------------------------------------------------------------------------------------
+def cpu_capability() -> str:
+    """What PyTorch's CPU kernels use here: "AVX512", "AVX2", "DEFAULT", ... (honours ATEN_CPU_CAPABILITY)."""
+    return torch.backends.cpu.get_cpu_capability()
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        key = line.split(":", 1)[0].strip().lower()
+        if key in ("flags", "features"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def cpu_has_native_bf16(capability: str | None = None, flags: set[str] | None = None,
+                        machine: str | None = None) -> tuple[bool, str]:
+    """Whether the CPU has bf16 instructions PyTorch's kernels can use, and the evidence in words."""
+    capability = capability or cpu_capability()
+    flags = _cpu_flags() if flags is None else flags
+    machine = machine or platform.machine()
+    if machine in ("aarch64", "arm64"):
+        if "bf16" in flags or machine == "arm64":  # Apple M2+ and ARMv8.6 report bf16; Linux lists it in Features
+            return True, "this ARM CPU has bf16 instructions"
+        return False, "this ARM CPU has no bf16 instructions"
+    native = {"avx512_bf16", "amx_bf16"} & flags
+    if not native:
+        return False, f"this CPU has no native bf16 ({capability})"
+    if not capability.startswith("AVX512"):
+        return False, (f"PyTorch's CPU kernels run at {capability} here (ATEN_CPU_CAPABILITY?), which has no "
+                       "bf16 instructions")
+    return True, f"this CPU has {', '.join(sorted(native))} ({capability})"
+
+
+def cache_dir() -> Path:
+    """Where per-machine measurements are kept (`$GPT_PLAYGROUND_CACHE`, else ~/.cache/gpt-playground)."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "gpt-playground")
+
+
+def _machine_key() -> str:
+    flags = " ".join(sorted(_cpu_flags()))
+    parts = [platform.machine(), cpu_capability(), torch.__version__, str(torch.get_num_threads()),
+             os.environ.get("ONEDNN_MAX_CPU_ISA", ""), os.environ.get("MKL_ENABLE_INSTRUCTIONS", ""), flags]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def _time_matmul(dtype: torch.dtype, size: tuple[int, int, int] = (1024, 384, 384), repeat: int = 5) -> float:
+    """Median seconds of one (m x k) @ (k x n) matmul in `dtype` on the CPU."""
+    m, k, n = size
+    a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
+    a @ b  # warm up (kernel selection, oneDNN primitive cache)
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def cpu_bf16_speedup(use_cache: bool = True) -> float:
+    """fp32 time / bf16 time of a matmul on this CPU (>1: bf16 is faster), measured once per machine."""
+    path = cache_dir() / "cpu-bf16.json"
+    key = _machine_key()
+    if use_cache:
+        try:
+            cached = json.loads(path.read_text())
+            if cached.get("key") == key:
+                return float(cached["speedup"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    fp32 = _time_matmul(torch.float32)
+    bf16 = _time_matmul(torch.bfloat16, repeat=3) if fp32 > 0 else math.inf
+    speedup = fp32 / bf16 if bf16 > 0 else 0.0
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"key": key, "speedup": speedup, "fp32_s": fp32, "bf16_s": bf16}))
+    except OSError:
+        pass  # a read-only home: measure again next time
+    return speedup
+
+
+def cpu_bf16_decision(use_cache: bool = True) -> tuple[bool, str]:
+    """(bf16 is fast on this CPU, why): native bf16 and a calibration that measured it faster than fp32."""
+    native, evidence = cpu_has_native_bf16()
+    if not native:
+        return False, evidence
+    speedup = cpu_bf16_speedup(use_cache)
+    if speedup < BF16_MIN_SPEEDUP:
+        return False, f"{evidence}, but a bf16 matmul measured {speedup:.2f}x the speed of fp32 here"
+    return True, f"{evidence}; a bf16 matmul measured {speedup:.2f}x faster than fp32"
+
+
+# -- precision ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PrecisionChoice:
+    precision: str  # fp32 | bf16 | fp16
+    reason: str
+    warning: str | None = None
+
+
+def resolve_precision(requested: str, device: torch.device, use_cache: bool = True) -> PrecisionChoice:
+    """`auto`: bf16 on GPUs that support it, else fp16 (with a gradient scaler); on a CPU bf16 only where
+    `cpu_bf16_decision` says it is fast, else fp32. An explicit choice is honoured when it can run, with a
+    warning where it is slow; fp16 needs CUDA and bf16 on CUDA needs a GPU that supports it."""
+    if device.type == "cuda":
+        bf16_ok = torch.cuda.is_bf16_supported()
+        if requested == "auto":
+            if bf16_ok:
+                return PrecisionChoice("bf16", "bf16: this GPU supports it")
+            return PrecisionChoice("fp16", "fp16 with a gradient scaler: this GPU has no bf16")
+        if requested == "bf16" and not bf16_ok:
+            raise UserInputError(f"{torch.cuda.get_device_name(device)} does not support bf16; use --precision fp16 "
+                                 "(with a gradient scaler) or fp32", field="precision")
+        return PrecisionChoice(requested, f"{requested}: asked for")
+    if requested == "fp16":
+        raise UserInputError(f"fp16 training needs a CUDA GPU (this run is on {device.type}); use bf16 or fp32",
+                             field="precision")
+    if device.type != "cpu":
+        return PrecisionChoice("fp32" if requested == "auto" else requested,
+                               f"{'fp32' if requested == 'auto' else requested}: {device.type} default")
+    fast, why = cpu_bf16_decision(use_cache)
+    if requested == "auto":
+        return PrecisionChoice("bf16" if fast else "fp32", f"{'bf16' if fast else 'fp32'}: {why}")
+    if requested == "bf16" and not fast:
+        speedup = cpu_bf16_speedup(use_cache)
+        slower = f"{1 / speedup:.0f}x slower" if 0 < speedup < 0.5 else "no faster"
+        return PrecisionChoice("bf16", f"bf16: asked for ({why})",
+                               warning=f"bf16 on this CPU is {slower} than fp32 (a calibration matmul); "
+                                       "--precision auto would pick fp32")
+    return PrecisionChoice(requested, f"{requested}: asked for")
+
+
+def low_precision_dtype(precision: str) -> torch.dtype:
+    """The dtype a run's low-precision work uses (autocast, Muon's orthogonalisation): fp32 unless bf16/fp16."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+
+
+# -- compile --------------------------------------------------------------------------------------
+def check_compile(device: torch.device, on_zerogpu: bool = False) -> None:
+    """Refuse `compile=True` where it cannot work, before anything is built."""
+    if on_zerogpu:
+        raise UserInputError("torch.compile is not supported on ZeroGPU; turn compile off", field="compile")
+    if device.type == "mps":
+        raise UserInputError("torch.compile is not supported on Apple's mps backend here; turn compile off",
+                             field="compile")
+    if device.type == "cuda":
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            raise UserInputError("torch.compile on a GPU needs the triton package (pip install triton), or turn "
+                                 "compile off", field="compile") from None
+    if device.type == "cpu" and not any(shutil.which(cxx) for cxx in (os.environ.get("CXX", "g++"), "g++",
+                                                                          "clang++")):
+        raise UserInputError("torch.compile on a CPU needs a C++ compiler (g++ or clang++) on PATH, or turn "
+                             "compile off", field="compile")
+
+
+# -- memory allocator, threads --------------------------------------------------------------------
+def reuse_freed_cpu_memory() -> bool:
+    """Make glibc keep freed memory for reuse instead of returning it to the system (process-wide; for a
+    training process). By default every tensor over 32 MB (the logits of a step, their gradient) is a fresh
+    mmap whose pages the kernel zeroes on first touch and unmaps on free, every step: on 2 CPU cores that is
+    15-20% of a `seed` step (bench/train_speed.py). Returns False where glibc's mallopt is unavailable."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        # mallopt parameters: M_MMAP_MAX = -4 (0: never mmap), M_TRIM_THRESHOLD = -1 (never give memory back)
+        return bool(libc.mallopt(-4, 0)) and bool(libc.mallopt(-1, 2**30))
+    except (OSError, AttributeError):
+        return False
+
+
+# -- processes ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def dist_info_from_env() -> DistInfo:
+    """Rank and world size as torchrun sets them (RANK, LOCAL_RANK, WORLD_SIZE); one process otherwise."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return DistInfo()
+    return DistInfo(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ["WORLD_SIZE"]))
+
+
+@dataclass(frozen=True)
+class BatchSplit:
+    """How one optimizer step's windows are shared among processes."""
+
+    batch_size: int  # windows per micro-batch, per process
+    accum_steps: int  # micro-batches per process
+    note: str | None  # what was changed from the config, for one printed line (None: nothing)
+
+    def global_windows(self, world_size: int) -> int:
+        return self.batch_size * self.accum_steps * world_size
+
+
+def split_batch(batch_size: int, grad_accum_steps: int, world_size: int) -> BatchSplit:
+    """Share batch_size x grad_accum_steps windows among `world_size` processes.
+
+    The rule: keep the global batch. When the processes divide the accumulation, each runs
+    grad_accum_steps / N micro-batches of batch_size. Otherwise each runs the largest accumulation that
+    lets the global batch split evenly, with a smaller micro-batch. Only when the global batch cannot be
+    split evenly at all (e.g. 7 windows on 2 processes) is the per-process batch kept and the global batch
+    grows to N x batch_size x grad_accum_steps."""
+    if grad_accum_steps % world_size == 0:
+        return BatchSplit(batch_size, grad_accum_steps // world_size, None)
+    total = batch_size * grad_accum_steps
+    if total % world_size == 0:
+        per_process = total // world_size
+        accum = max(a for a in range(1, grad_accum_steps + 1) if per_process % a == 0 and a <= grad_accum_steps)
+        return BatchSplit(per_process // accum, accum,
+                          f"{world_size} processes do not divide grad_accum_steps {grad_accum_steps}: each runs "
+                          f"{accum} micro-batch(es) of {per_process // accum} windows (the global batch stays "
+                          f"{total} windows)")
+    return BatchSplit(batch_size, grad_accum_steps,
+                      f"the global batch of {total} windows does not split over {world_size} processes: each runs "
+                      f"{grad_accum_steps} micro-batch(es) of {batch_size} windows (global batch "
+                      f"{total * world_size} windows)")
+
+
+# -- peak FLOPs -----------------------------------------------------------------------------------
+def peak_flops(device: torch.device, precision: str) -> float | None:
+    """The device's dense bf16/fp16 peak in FLOP/s when known (GPUs only), for MFU."""
+    if device.type != "cuda" or precision not in ("bf16", "fp16"):
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((flops for key, flops in PEAK_FLOPS.items() if key in name), None)
+
+
+# -- the whole decision ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Runtime:
+    """Everything decided for the machine, recorded in config.json as `runtime`."""
+
+    device: str
+    precision: str
+    precision_reason: str
+    cpu_capability: str
+    threads: int
+    world_size: int
+    warning: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        return f"{self.device}, {self.precision_reason}, {self.threads} thread(s)"
+
+
+def resolve_runtime(device_name: str, precision: str, *, compile_model: bool = False, on_zerogpu: bool = False,
+                    world_size: int = 1, use_cache: bool = True) -> tuple[torch.device, Runtime]:
+    """Decide device and precision (and check compile) for this machine; raises `UserInputError` for
+    combinations that cannot run."""
+    device = resolve_device(device_name)
+    choice = resolve_precision(precision, device, use_cache)
+    if compile_model:
+        check_compile(device, on_zerogpu)
+    runtime = Runtime(device=str(device), precision=choice.precision, precision_reason=choice.reason,
+                      cpu_capability=cpu_capability(), threads=torch.get_num_threads(), world_size=world_size,
+                      warning=choice.warning)
+    return device, runtime

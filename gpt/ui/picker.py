@@ -1,0 +1,63 @@
+"""The run + checkpoint picker the Inspect and Generate tabs share.
+
+Values are run names and checkpoint names; `load_picked` resolves them only through the app's own list
+of runs (`gpt.ui.runs.known_run`) and the run's own checkpoints (`gpt.ui.models.get_run`), so a client
+that sends a server path or a run trained after the page was built gets exactly what the list allows.
+The choices are refreshed whenever a dropdown gets focus and when the page loads, so runs trained after
+start-up appear without pressing anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+
+from gpt.run import LoadedRun
+from gpt.ui.common import AppDirs, handle_errors
+from gpt.ui.models import checkpoint_choices, get_run
+from gpt.ui.runs import default_run_value, known_run, run_choices
+
+
+@dataclass
+class Picker:
+    run: gr.Dropdown
+    checkpoint: gr.Dropdown
+
+
+def build_picker(dirs: AppDirs, prefix: str, checkpoint_label: str = "Checkpoint") -> Picker:
+    """Two dropdowns side by side (call inside a layout block); `prefix` names their elem_ids."""
+    first = default_run_value(dirs)
+    run = gr.Dropdown(run_choices(dirs), value=first, label="Run", elem_id=f"{prefix}-run")
+    checkpoint = gr.Dropdown(checkpoint_choices(known_run(dirs, first)) if first else [],
+                             value="last" if first else None, label=checkpoint_label, elem_id=f"{prefix}-checkpoint")
+    return Picker(run=run, checkpoint=checkpoint)
+
+
+def load_picked(dirs: AppDirs, run_name: str | None, checkpoint: str | None, device: str = "cpu") -> LoadedRun:
+    """The model of the picked run and checkpoint (through the app's lists only)."""
+    return get_run(known_run(dirs, run_name), checkpoint or "last", device)
+
+
+def wire_picker(dirs: AppDirs, picker: Picker, demo: gr.Blocks, api_prefix: str) -> None:
+    """Refresh the run list on focus and page load; a new run fills its checkpoints."""
+
+    @handle_errors
+    def refresh(current: str | None):
+        choices = run_choices(dirs)
+        names = [name for _, name in choices]
+        return gr.update(choices=choices, value=current if current in names else default_run_value(dirs))
+
+    @handle_errors
+    def checkpoints(run_name: str | None, current: str | None):
+        if not run_name:
+            return gr.update(choices=[], value=None)
+        names = checkpoint_choices(known_run(dirs, run_name))
+        return gr.update(choices=names, value=current if current in names else ("last" if "last" in names else None))
+
+    picker.run.focus(refresh, picker.run, picker.run, api_visibility="private", show_progress="hidden")
+    demo.load(refresh, picker.run, picker.run, api_visibility="private", show_progress="hidden")
+    picker.run.change(checkpoints, [picker.run, picker.checkpoint], picker.checkpoint,
+                      api_name=f"{api_prefix}_checkpoints", show_progress="hidden")
+    picker.checkpoint.focus(checkpoints, [picker.run, picker.checkpoint], picker.checkpoint,
+                            api_visibility="private", show_progress="hidden")
