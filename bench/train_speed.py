@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
+from gpt.config import TrainConfig
 from gpt.data import get_batch, load_split, prepare_dataset
 from gpt.model import GPT, GPTConfig
-from gpt.config import TrainConfig
 from gpt.optim import configure_optimizers
 from gpt.runtime import reuse_freed_cpu_memory
 

@@ -247,11 +247,8 @@ def _run_train(args: argparse.Namespace) -> int:
         trainer = Trainer(model_config, train_config, args.data, out, preset=preset, on_row=on_row)
     if trainer.device.type == "cpu" and not args.default_malloc:
         reuse_freed_cpu_memory()
-    if dist_info.is_main:
-        for note in trainer.notes:
-            print(f"note: {note}", file=sys.stderr)
-        if not args.no_progress:
-            printer.bar = tqdm(total=trainer.planned_steps, initial=trainer.step, unit="step", dynamic_ncols=True)
+    if dist_info.is_main and not args.no_progress:  # the trainer's notes come in its first status line
+        printer.bar = tqdm(total=trainer.planned_steps, initial=trainer.step, unit="step", dynamic_ncols=True)
     try:
         with trainer.stop_on_signals():
             status = trainer.run()
@@ -398,10 +395,65 @@ def _run_import_hf(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- heads --------------------------------------------------------------------------------------------
+def _add_heads(subparsers: argparse._SubParsersAction) -> None:
+    """`heads RUN [--checkpoint C] [--json]`: head-type scores and the in-context learning score."""
+    heads = subparsers.add_parser(
+        "heads", help="score every attention head (previous-token, duplicate-token, induction, first-token) and "
+                      "the in-context learning score",
+        description="Run the run's fixed probe (random tokens repeated twice, drawn from its training seed, and "
+                    "windows of its validation split) through a checkpoint: per layer x head the share of attention "
+                    "on each head type's pattern (TransformerLens head_detector patterns, 1 = a perfect head), "
+                    "and the in-context learning score (late minus early loss in the context, Olsson et al. 2022).")
+    heads.add_argument("run", help="run folder (or its name under checkpoints/)")
+    heads.add_argument("--checkpoint", default="last", help="last | best | snapshot:STEP | file.safetensors")
+    heads.add_argument("--device", default="cpu", help="cpu (default), cuda, mps or auto")
+    heads.add_argument("--json", action="store_true",
+                       help="print one JSON object: a list of heads (layer, head and the four scores) and the "
+                            "in-context learning score")
+    heads.set_defaults(func=_run_heads)
+
+
+def _run_heads(args: argparse.Namespace) -> int:
+    from gpt.inspection import INDUCTION_THRESHOLD, head_scores_table, probe_for_run, score_probe
+    from gpt.run import Run
+    from gpt.runtime import resolve_device
+
+    run = Run.open(args.run)
+    loaded = run.load(args.checkpoint, device=resolve_device(args.device))
+    probe = probe_for_run(run.config)
+    row = score_probe(loaded.model, probe)
+    table = head_scores_table(row)
+    summary = {"run": run.name, "checkpoint": loaded.checkpoint, "step": loaded.step,
+               "icl_score": row["icl_score"], "icl_early_loss": row["icl_early_loss"],
+               "icl_late_loss": row["icl_late_loss"], "icl_positions": row["icl_positions"],
+               "induction_max": row["induction_max"], "induction_head": row["induction_head"],
+               "induction_threshold": INDUCTION_THRESHOLD, "probe": row["probe"], "notes": probe.notes}
+    if args.json:
+        print(json.dumps({**summary, "heads": table.to_dict(orient="records")}))
+        return 0
+    print(f"{run.name} ({loaded.checkpoint}, step {loaded.step}): share of each head's attention on its type's "
+          "pattern (1 = a perfect head)")
+    print(table.to_string(index=False, float_format=lambda value: f"{value:.3f}"))
+    layer, head = row["induction_head"]
+    verdict = "an induction head" if row["induction_max"] >= INDUCTION_THRESHOLD else "below the threshold"
+    print(f"strongest induction head: layer {layer}, head {head} ({row['induction_max']:.3f}; {verdict} "
+          f"{INDUCTION_THRESHOLD:g})")
+    if row["icl_score"] is None:
+        print("in-context learning score: n/a (no validation data)")
+    else:
+        positions = row["icl_positions"]
+        print(f"in-context learning score: {row['icl_score']:+.3f} nats (loss at context positions "
+              f"{positions['late'][0]}-{positions['late'][1]} minus {positions['early'][0]}-{positions['early'][1]})")
+    for note in probe.notes:
+        print(f"note: {note}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m gpt", description="GPT Playground command line")
     subparsers = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for add in (_add_prepare, _add_train, _add_export):
+    for add in (_add_prepare, _add_train, _add_export, _add_heads):
         add(subparsers)
     return parser
 
@@ -411,8 +463,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
     except UserInputError as error:
-        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank fails alike: say it once
+        if os.environ.get("RANK", "0") == "0":
             print(f"error: {error}", file=sys.stderr)
+        else:  # under torchrun every rank fails alike: rank 0 says it; the launcher stops all ranks when one
+            time.sleep(1.0)  # exits, so the others leave a moment later, after rank 0 has printed its line
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -68,6 +68,7 @@ from torch.nn import functional as F
 from gpt.data import load_split, split_token_counts, token_id_map
 from gpt.errors import UserInputError
 from gpt.model import GPT
+from gpt.run import RunConfig
 from gpt.tokenizer import Tokenizer
 
 MAX_TOKENS = 128  # longest text (in tokens) the attention and loss views take; longer text is cut
@@ -282,7 +283,7 @@ def icl_positions(context_length: int) -> tuple[list[int], list[int]]:
     Olsson et al. compare positions 50 and 500. For a context shorter than 512 tokens both are scaled by
     s = context_length / 512 (rounded half up); each is widened to a band of k = max(1, round(8 s))
     positions on either side, clamped to 1..context_length, so that a few validation windows give a steady
-    number. E.g. context 128: early 10..14, late 123..127; context 256: 21..29 and 246..254; 1024: 42..58 and
+    number. E.g. context 128: early 11..15, late 123..127; context 256: 21..29 and 246..254; 1024: 42..58 and
     492..508."""
     scale = min(1.0, context_length / ICL_REFERENCE_CONTEXT)
     half = max(1, math.floor(8 * scale + 0.5))
@@ -348,12 +349,13 @@ def make_probe(
 
 
 def run_probe(data_dir: str | Path | None, tokenizer: Tokenizer, context_length: int, seed: int) -> Probe:
-    """The probe of a run trained on `data_dir` (a prepared data folder): random tokens from those that
-    occur in its training split, windows of its validation split. Without the folder (not on this machine)
-    random tokens come from the whole vocabulary and there is no in-context learning score; `notes` say so.
-    The trainer, the Inspect tab and `python -m gpt heads` build the same probe from the same run."""
-    folder = Path(data_dir) if data_dir else None
-    if folder is None or not (folder / "train.bin").is_file():
+    """The probe of a run trained on `data_dir` (a prepared data folder, as its config records it): random
+    tokens from those that occur in its training split, windows of its validation split. Without the
+    folder (not on this machine) random tokens come from the whole vocabulary and there is no in-context
+    learning score; `notes` say so. The trainer, the Inspect tab and `python -m gpt heads` build the same
+    probe from the same run (`probe_for_run`)."""
+    folder = resolve_data_dir(data_dir)
+    if folder is None:
         probe = make_probe(context_length, range(tokenizer.vocab_size), tokenizer.eot_id, seed=seed)
         where = f"its data folder {str(data_dir)!r} is not on this machine" if data_dir else "it records no data"
         probe.notes.append(f"random probe tokens come from the whole vocabulary and there is no in-context "
@@ -369,6 +371,12 @@ def run_probe(data_dir: str | Path | None, tokenizer: Tokenizer, context_length:
     if val is None:
         probe.notes.append(f"{folder.name} has no validation split: no in-context learning score")
     return probe
+
+
+def probe_for_run(config: RunConfig) -> Probe:
+    """`run_probe` for a run's config: its data folder, tokenizer, context length and training seed."""
+    seed = config.train.seed if config.train is not None else 0
+    return run_probe(config.data.dir, config.tokenizer, config.model.context_length, seed)
 
 
 @contextlib.contextmanager
@@ -507,7 +515,7 @@ def logit_lens(model: GPT, tokenizer: Tokenizer, text: str, max_tokens: int = MA
         targets = torch.tensor(encoded.ids, device=idx.device)[:, None]  # (T, 1)
         tops, top_probs, true_probs, true_ranks = [], [], [], []
         for residual in residuals:
-            logits = model.lm_head(model.final_norm(residual[0])).float()  # (T, V)
+            logits = model.lm_head(model.final_norm(residual))[0].float()  # (T, V), as the model computes it
             normaliser = torch.logsumexp(logits, dim=-1, keepdim=True)
             true_logit = logits.gather(1, targets)
             best = logits.max(dim=-1, keepdim=True)
@@ -734,10 +742,11 @@ def token_losses(
     encoded, idx = _scored_inputs(model, tokenizer, text, max_tokens)
     with _evaluating(model):
         logits, _ = model(idx)
-        log_probs = torch.log_softmax(logits[0].float(), dim=-1)  # (T, V)
-        targets = torch.tensor(encoded.ids, device=log_probs.device)
-        true = log_probs.gather(1, targets[:, None])  # (T, 1)
-        ranks = (log_probs > true).sum(dim=-1) + 1
+        logits = logits[0].float()  # (T, V)
+        log_probs = torch.log_softmax(logits, dim=-1)
+        targets = torch.tensor(encoded.ids, device=log_probs.device)[:, None]
+        true = log_probs.gather(1, targets)  # (T, 1)
+        ranks = (logits > logits.gather(1, targets)).sum(dim=-1) + 1  # as the logit lens counts them
         top = log_probs.topk(min(top_k, log_probs.size(-1)), dim=-1)
     top_ids = top.indices.cpu().numpy()
     return TokenLosses(

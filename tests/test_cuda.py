@@ -35,6 +35,17 @@ QUICK = {"batch_size": 8, "eval_interval": 1000, "eval_batches": 1, "log_interva
          "snapshots": 0, "warmup_steps": 2, "learning_rate": 1e-2, "device": "cuda"}
 
 
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first 20,000 characters of the bundled corpus, prepared without the mojibake repair (conftest's
+    fixture repairs it with ftfy, which the device image lacks; the corpus is plain ASCII)."""
+    source = tmp_path_factory.mktemp("corpus") / "shakespeare.txt"
+    source.write_text(CORPUS.read_text(encoding="utf-8")[:20000], encoding="utf-8")
+    out = tmp_path_factory.mktemp("data") / "tiny"
+    prepare_dataset([source], out, clean_config=CleanConfig(fix_unicode=False))
+    return out
+
+
 @pytest.fixture(autouse=True)
 def empty_card():
     """Each test starts and ends with the caching allocator emptied (the OOM test fills the card)."""
@@ -144,7 +155,7 @@ def test_out_of_memory_is_a_clear_error(tmp_path: Path) -> None:
     source = tmp_path / "corpus.txt"
     source.write_text(text * repeats, encoding="utf-8")
     data = tmp_path / "data"
-    prepare_dataset([source], data, clean_config=CleanConfig(fix_unicode=False))  # ftfy is slow on megabytes
+    prepare_dataset([source], data, clean_config=CleanConfig(fix_unicode=False))  # no ftfy on the device
     rows: list[dict] = []
     config = TrainConfig(**{**QUICK, "max_steps": 1, "batch_size": windows, "precision": "fp32"})
     trainer = Trainer(GPTConfig(context_length=context, n_layer=1, n_head=2, n_embd=32), config, data,
@@ -158,7 +169,7 @@ def test_out_of_memory_is_a_clear_error(tmp_path: Path) -> None:
 
 
 # -- generation -----------------------------------------------------------------------------------------
-@pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)])
+@pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float32, 1e-3), (torch.bfloat16, 3e-2)])
 def test_kv_cache_on_gpu_equals_the_full_forward(dtype: torch.dtype, tolerance: float) -> None:
     torch.manual_seed(0)
     model = perturbed(GPT(GPTConfig(vocab_size=512, **TINY)).cuda()).to(dtype)

@@ -140,7 +140,8 @@ def _loaded_markdown(loaded: LoadedSource) -> str:
     lines = [f"**Loaded {loaded.source}:** " + ", ".join(details)]
     lines += [f"- note: {note}" for note in loaded.notes]
     if loaded.encoding == AUTO_ENCODING and set(loaded.encodings.values()) - {"utf-8", "utf-8-sig"}:
-        lines.append("- Text looks wrong (é shown as Ã©, or č where è belongs)? Choose its **Text encoding**.")
+        lines.append("- Letters look wrong (č where è belongs, Ïðèâåò for Привет)? "
+                     "Choose the file's **Text encoding**.")
     return "\n".join(lines)
 
 
@@ -344,7 +345,7 @@ def build(dirs: AppDirs) -> DataTab:
 
 
 # -- events -------------------------------------------------------------------------------------------
-def wire(tab: DataTab, dirs: AppDirs) -> None:
+def wire(dirs: AppDirs, tab: DataTab) -> None:
     """Connect the tab's events to the handlers. Each event shows progress and errors only on its own
     message (`show_progress_on`), never on the other outputs it fills."""
     source_inputs = [tab.kind, tab.files, tab.split_blank, tab.hf_name, tab.hf_config, tab.hf_split, tab.encoding]
@@ -369,5 +370,5 @@ def wire(tab: DataTab, dirs: AppDirs) -> None:
 def build_data_tab(dirs: AppDirs) -> DataTab:
     """The Data tab, laid out and wired (called inside `gr.Tab("Data")`)."""
     tab = build(dirs)
-    wire(tab, dirs)
+    wire(dirs, tab)
     return tab
