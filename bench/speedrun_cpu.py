@@ -9,8 +9,11 @@ clock counts training steps only: evaluation and checkpoint saving are excluded 
 `python -m gpt eval RUN --json` over the whole validation split (deterministic, non-overlapping windows).
 Run i uses seed 1337 + i; with --runs N the reported figure is the median of the N final figures.
 Prints the curve (bits/byte of the in-training evaluations against training seconds; those use the
-preset's `eval_batches` only), the final whole-split figure, the core count and the load average, and
-writes the curves as an SVG (for the README) and an interactive plotly HTML next to it.
+preset's `eval_batches` only), the final whole-split figure, the CPU capability and the precision the
+trainer chose on it (`auto` decides for the machine: `-- --precision fp32` forces the other path, and
+`ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2` makes an AVX-512 machine
+behave like an AVX2-only one), the core count and the load average, and writes the curves as an SVG (for
+the README) and an interactive plotly HTML next to it.
 """
 
 from __future__ import annotations
@@ -58,11 +61,15 @@ def one_run(index: int, args: argparse.Namespace, data: Path, out: Path) -> dict
     wall = time.perf_counter() - started
     final = json.loads(gpt_cli("eval", str(run), "--data", str(data), "--json", "--device", "cpu"))
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    curve = [(row["elapsed"], row["bits_per_byte"]) for row in rows if row["kind"] == "eval"]
+    evals = [row for row in rows if row["kind"] == "eval"]
+    curve = [(row["elapsed"], row["bits_per_byte"]) for row in evals if row.get("scope") != "full"]
     speeds = [row["tokens_per_second"] for row in rows if row["kind"] == "train"]
     samples = [row["text"] for row in rows if row["kind"] == "sample"]
-    result = {"run": str(run), "curve": curve, "final_bits_per_byte": final["bits_per_byte"],
-              "val_loss": final["val_loss"], "step": final["step"], "train_seconds": curve[-1][0],
+    runtime = json.loads((run / "config.json").read_text()).get("runtime") or {}
+    result = {"precision": runtime.get("precision"), "precision_reason": runtime.get("precision_reason"),
+              "cpu_capability": runtime.get("cpu_capability"),
+              "run": str(run), "curve": curve, "final_bits_per_byte": final["bits_per_byte"],
+              "val_loss": final["val_loss"], "step": final["step"], "train_seconds": evals[-1]["elapsed"],
               "wall_seconds": wall, "tokens_per_second": statistics.median(speeds) if speeds else None,
               "sample": samples[-1] if samples else ""}
     print("  seconds  bits/byte (in-training evaluations)")
@@ -156,8 +163,9 @@ def main() -> int:
 
     figure = statistics.median(r["final_bits_per_byte"] for r in results)
     cores = os.cpu_count()
-    title = (f"{args.preset}, {args.seconds:.0f} s on {cores} CPU cores: median {figure:.3f} bits/byte "
-             f"over {args.runs} run(s)")
+    first = results[0]
+    title = (f"{args.preset}, {args.seconds:.0f} s on {cores} CPU cores ({first['cpu_capability']}, "
+             f"{first['precision']}): median {figure:.3f} bits/byte over {args.runs} run(s)")
     args.plot.parent.mkdir(parents=True, exist_ok=True)
     write_svg(results, args.plot, title)
     write_html(results, args.plot.with_suffix(".html"), title)
@@ -165,6 +173,7 @@ def main() -> int:
     finals = ", ".join(f"{r['final_bits_per_byte']:.4f}" for r in results)
     speeds = ", ".join(f"{r['tokens_per_second']:.0f}" for r in results)
     print(f"runs: {finals} (target {TARGET_BITS_PER_BYTE}); median training tokens/s: {speeds}")
+    print(f"CPU capability {first['cpu_capability']}; precision {first['precision_reason']}")
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (1 min)")
     print(f"sample (run 1, last in-training sample): {results[0]['sample']!r}")
     print(f"curve: {args.plot} and {args.plot.with_suffix('.html')}")

@@ -350,100 +350,76 @@ def test_token_loss_html_marks_every_token(model, tokenizer):
 # -- the Inspect tab's handlers ----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def run_with_snapshots(tmp_path_factory, tokenizer):
-    """A run folder with two snapshots and a data folder, as the trainer leaves it."""
-    from gpt.checkpoint import CONFIG_FILE, LAST_FILE, atomic_write_json, save_weights, snapshot_path
+    """A run folder with two snapshots and a data folder, as the trainer leaves it, in an app's runs folder."""
+    from gpt.run import LAST_FILE, DataRef, RunConfig, create_run, save_weights, snapshot_path
+    from gpt.ui.common import AppDirs
 
     root = tmp_path_factory.mktemp("inspect")
     config = write_data(root, tokenizer.encode(TEXT * 4))
-    run_dir = root / "run"
+    run_dir = root / "runs" / "run"
+    create_run(run_dir, RunConfig(model=tiny_model().config, train=None, data=DataRef(config["data"]["dir"]),
+                                  tokenizer=tokenizer))
     for step, seed in ((0, 0), (10, 1)):
         save_weights(tiny_model(seed), snapshot_path(run_dir, step), step=step)
     save_weights(tiny_model(2), run_dir / LAST_FILE, step=20)
-    atomic_write_json(run_dir / CONFIG_FILE, {
-        "model": tiny_model().config.to_dict(), "train": {}, "tokenizer": tokenizer.to_dict(), **config,
-    })
-    return run_dir
+    return AppDirs(data=root / "data", runs=root / "runs"), run_dir
 
 
 def test_tab_handlers(run_with_snapshots):
     from gpt.ui import inspect_tab
 
-    run = str(run_with_snapshots)
-    summary, grid, head_map, view, stats, maps, tokens, layers, heads, loss = inspect_tab.inspect_text(
-        run, "last", TEXT, 1, 2
-    )
+    dirs, run_dir = run_with_snapshots
+    run = run_dir.name
+    (summary, grid, head_map, view, stats, maps, tokens, layers, heads, loss, lens, scores,
+     views) = inspect_tab.inspect_text(dirs, run, "last", TEXT, 1, 2)
     expected = explicit_probs(tiny_model(2), gpt2_tokenizer().encode(TEXT))
     np.testing.assert_array_equal(maps.probs, expected)
     assert "step 20" in summary and "2 layers × 3 heads" in summary
-    assert len(grid.data) == 6 and len(stats) == 6
+    assert grid.count('class="ag-cell') == 6 and len(stats) == 6
     np.testing.assert_array_equal(np.asarray(head_map.data[0].z), causal(expected[1, 2]))
     assert layers["choices"][0] == ("mean over layers", inspect_tab.MEAN) and layers["value"] == 1
     assert len(tokens["choices"]) == maps.length + 1
     assert loss.count('class="tl-tok"') == maps.length
 
-    head_map, view = inspect_tab.head_figures(maps, inspect_tab.MEAN, 0, 4)
+    head_map, view, _ = inspect_tab.head_figures(maps, inspect_tab.MEAN, 0, 4)
     np.testing.assert_allclose(np.asarray(head_map.data[0].z), causal(expected[:, 0].mean(0)), rtol=1e-6)
     assert "lines of token 4" in view.layout.title.text
 
-    replay = inspect_tab.replay_training(run, TEXT, 0, 1)
+    replay, scores_replay, _ = inspect_tab.replay_training(dirs, run, TEXT, 0, 1)
     assert [frame.name for frame in replay.frames] == ["0", "10", "20"]
     np.testing.assert_array_equal(
         np.asarray(replay.frames[1].data[0].z), causal(explicit_probs(tiny_model(1), maps.ids)[0, 1])
     )
+    assert [frame.name for frame in scores_replay.frames] == ["0", "10", "20"]
 
-    scatter, note, positions = inspect_tab.embedding_views(run, "snapshot:10", 20, "2D", "class")
+    scatter, note, positions, _ = inspect_tab.embedding_views(dirs, run, "snapshot:10", 20, "2D", "class")
     assert "train.bin" in note and sum(len(t.x) for t in scatter.data) == len(set(maps.ids))
     assert positions.data[0].z.shape == (64, 64)
-    table = inspect_tab.neighbours_table(run, "last", "␣speak", True)
+    table = inspect_tab.neighbours_table(dirs, run, "last", "␣speak", True)
     assert len(table) > 0 and (table["count"] > 0).all()
 
-    import gradio as gr
-
-    with pytest.raises(gr.Error, match="empty"):
-        inspect_tab.inspect_text(run, "last", " ", 0, 0)
-    with pytest.raises(gr.Error, match="no snapshot at step 5"):
-        inspect_tab.inspect_text(run, "snapshot:5", TEXT, 0, 0)
+    with pytest.raises(UserInputError, match="empty"):
+        inspect_tab.inspect_text(dirs, run, "last", " ", 0, 0)
+    with pytest.raises(UserInputError, match="no checkpoint 'snapshot:5'"):
+        inspect_tab.inspect_text(dirs, run, "snapshot:5", TEXT, 0, 0)
 
 
 def test_replay_needs_snapshots(tmp_path):
-    import gradio as gr
     from conftest import make_tiny_run
 
     from gpt.ui import inspect_tab
+    from gpt.ui.common import AppDirs
 
-    run = make_tiny_run(tmp_path / "plain")
-    with pytest.raises(gr.Error, match="1 checkpoint"):
-        inspect_tab.replay_training(str(run), TEXT, 0, 0)
+    make_tiny_run(tmp_path / "runs" / "plain")
+    dirs = AppDirs(data=tmp_path / "data", runs=tmp_path / "runs")
+    with pytest.raises(UserInputError, match="1 checkpoint"):
+        inspect_tab.replay_training(dirs, "plain", TEXT, 0, 0)
 
 
 def test_figures_serialise_for_the_browser(maps):
     """gr.Plot sends `fig.to_json()`; the attention arrays travel as float32 typed arrays."""
     grid = json.loads(figures.attention_grid_figure(maps).to_json())
     assert grid["data"][0]["z"]["dtype"] == "f4"
-
-
-# -- browser ----------------------------------------------------------------------------------------------
-@pytest.mark.browser
-def test_inspect_tab_in_the_browser(page, artifacts):
-    from gpt.checkpoint import DEFAULT_RUN, LAST_FILE
-
-    page.get_by_role("tab", name="Inspect").click()
-    if (DEFAULT_RUN / LAST_FILE).is_file():
-        assert "(shipped)" in page.locator("#insp-run input").input_value()
-    page.locator("#insp-go").click()
-    page.locator("#insp-grid .js-plotly-plot").wait_for()
-    page.locator("#insp-head-map .js-plotly-plot").wait_for()
-    assert page.locator("#insp-grid .heatmaplayer image, #insp-grid .hm").count() > 0
-    assert page.locator("#insp-stats table").count() == 1
-    page.screenshot(path=str(artifacts / "inspect-attention.png"), full_page=True)
-    page.get_by_role("tab", name="Embeddings").click()
-    page.locator("#insp-emb .scatterlayer .point").first.wait_for()
-    assert page.locator("#insp-emb .scatterlayer .point").count() >= 20
-    page.locator("#insp-emb").screenshot(path=str(artifacts / "inspect-embeddings.png"))
-    page.get_by_role("tab", name="Per-token loss").click()
-    page.locator("#insp-loss .tl-tok").first.wait_for()
-    page.locator("#insp-loss .tl-tok").nth(3).hover()
-    page.locator("#insp-loss").screenshot(path=str(artifacts / "inspect-loss.png"))
 
 
 def _decode(array: dict | list) -> np.ndarray:
@@ -456,19 +432,36 @@ def _decode(array: dict | list) -> np.ndarray:
     return np.frombuffer(base64.b64decode(array["bdata"]), dtype=array["dtype"]).reshape(shape)
 
 
+def _grid_images(page: str) -> list[np.ndarray]:
+    """The palette indexes of every head's image in an attention grid as sent to the browser."""
+    import base64
+    import io
+    import re
+
+    from PIL import Image
+
+    return [np.asarray(Image.open(io.BytesIO(base64.b64decode(data))))
+            for data in re.findall(r'src="data:image/png;base64,([^"]+)"', page)]
+
+
 def test_inspect_endpoint_sends_the_models_probabilities(app_url, app_dirs):
-    """Through the app's API (gradio_client): the attention grid as sent to the browser."""
+    """Through the app's API (gradio_client, named inputs): the attention grid as sent to the browser (each
+    head's weights in 255 levels), and the head shown large at full precision."""
     from conftest import TINY_MODEL
     from gradio_client import Client
 
-    from gpt.checkpoint import load_run
+    from gpt.run import load_run
 
     run_dir = app_dirs[1] / "tiny-random"
-    result = Client(app_url, verbose=False).predict(str(run_dir), "last", TEXT, 0, 0, api_name="/inspect")
-    grid = json.loads(result[1]["plot"])
+    result = Client(app_url, verbose=False).predict(run="tiny-random", checkpoint="last", text=TEXT, layer=0,
+                                                    head=0, api_name="/inspect")
+    images = _grid_images(result[1])
     loaded = load_run(run_dir)
     expected = explicit_probs(loaded.model, loaded.tokenizer.encode(TEXT))
-    assert len(grid["data"]) == TINY_MODEL["n_layer"] * TINY_MODEL["n_head"]
-    for k, trace in enumerate(grid["data"]):
+    assert len(images) == TINY_MODEL["n_layer"] * TINY_MODEL["n_head"]
+    for k, levels in enumerate(images):
         layer, head = divmod(k, TINY_MODEL["n_head"])
-        np.testing.assert_array_equal(_decode(trace["z"]), causal(expected[layer, head]).astype(np.float32))
+        weights = np.where(levels == figures.ATTENTION_LEVELS, np.nan, levels / (figures.ATTENTION_LEVELS - 1))
+        np.testing.assert_allclose(weights, causal(expected[layer, head]), atol=0.5 / 254 + 1e-6)
+    head_map = json.loads(result[2]["plot"])
+    np.testing.assert_array_equal(_decode(head_map["data"][0]["z"]), causal(expected[0, 0]).astype(np.float32))

@@ -146,3 +146,29 @@ def test_train_config_fields_validate_from_their_metadata() -> None:
     with pytest.raises(UserInputError, match="seed must be an integer in \\[0, ") as caught:
         TrainConfig(max_steps=1, seed=2**70)
     assert caught.value.field == "seed"
+
+
+@pytest.mark.slow
+def test_the_apps_first_cpu_preset_trains_at_least_as_fast_as_fp32(data_dir: Path, tmp_path: Path) -> None:
+    """A ratio on this machine, steps alternating in one process: `auto` must never pick a slower precision."""
+    import statistics
+    import time
+
+    from gpt.config import default_preset, resolve_preset
+    from gpt.train import Trainer
+
+    preset = default_preset("cpu")
+    trainers = {}
+    for precision in ("auto", "fp32"):
+        model, train = resolve_preset(preset, {}, {"precision": precision, "device": "cpu", "max_steps": 100,
+                                                   "sample_tokens": 0, "snapshots": 0})
+        trainers[precision] = Trainer(model, train, data_dir, tmp_path / precision)
+        trainers[precision]._train_step()  # warm up (allocations, kernel choice)
+    times: dict[str, list[float]] = {"auto": [], "fp32": []}
+    for _ in range(4):
+        for precision, trainer in trainers.items():
+            start = time.perf_counter()
+            trainer._train_step()
+            times[precision].append(time.perf_counter() - start)
+    ratio = statistics.median(times["auto"]) / statistics.median(times["fp32"])
+    assert ratio < 1.3, (trainers["auto"].runtime.precision_reason, times)

@@ -13,10 +13,9 @@ from pathlib import Path
 import gradio as gr
 
 from gpt.run import CHECKPOINTS_DIR
-from gpt.ui import generate_tab, train_tab
+from gpt.ui import generate_tab, inspect_tab, train_tab
 from gpt.ui.common import DEFAULT_DATA_DIR, AppDirs
 from gpt.ui.data_tab import build_data_tab
-from gpt.ui.inspect_tab import build_inspect_tab
 
 MAX_FILE_SIZE = "200mb"
 INTRO = (
@@ -39,7 +38,7 @@ def build_demo(data_dir: str | Path | None = None, runs_dir: str | Path | None =
             with gr.Tab("Train", id="train"):
                 train_tab.wire(dirs, train_tab.build(dirs), demo)
             with gr.Tab("Inspect", id="inspect"):
-                build_inspect_tab(dirs)
+                inspect_tab.wire(dirs, inspect_tab.build(dirs), demo)
             with gr.Tab("Generate", id="generate"):
                 generate_tab.wire(dirs, generate_tab.build(dirs), demo)
     return demo

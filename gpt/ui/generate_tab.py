@@ -310,8 +310,8 @@ def generate(dirs: AppDirs, history: list | None, prompt: str | None, run: str |
            figure, branches_view(answer, (0, 1)), table, alternatives, branch_choices(answer, 0), answer)
 
 
-def branch(answer: Answer | None, branch_index: int | None, step: int | None, alternative: int | None,
-           values: dict, stop: threading.Event) -> Iterator[tuple]:
+def fork(answer: Answer | None, branch_index: int | None, step: int | None, alternative: int | None,
+         values: dict, stop: threading.Event) -> Iterator[tuple]:
     """Fork branch `branch_index` at token `step` (1-based): take `alternative` there instead and let the
     model continue with the current settings (as long as the branch it forks, at most). Yields
     `BRANCH_OUTPUTS`: (stats, branches view, branch picker, step slider, stage figure, stage table,
@@ -495,22 +495,23 @@ def wire(dirs: AppDirs, tab: GenerateTab, demo: gr.Blocks) -> None:
     controls = {name: tab.controls[name] for name in CONTROL_FIELDS}
 
     @handle_errors
-    def generate_answer(history, prompt, run, checkpoint, request: gr.Request = None, **values):
-        """Continue `prompt` with the model of `run`/`checkpoint`; streams the chat, then the stage view."""
+    def generate_answer(history, prompt, run, checkpoint, request: gr.Request = None, *, seed=None, **values):
+        """Continue `prompt` with the model of `run`/`checkpoint`; streams the chat, then the stage view.
+        `seed`: empty = random (the one drawn is shown)."""
         session = _session(request)
         flag = new_stop_flag(session)
         try:
-            yield from generate(dirs, history, prompt, run, checkpoint, values, flag)
+            yield from generate(dirs, history, prompt, run, checkpoint, {**values, "seed": seed}, flag)
         finally:
             _release(session, flag)
 
     @handle_errors
-    def branch_answer(answer, branch_index, step, alternative, request: gr.Request = None, **values):
-        """Fork the shown answer at token `step` of branch `branch_index`, continuing from `alternative`."""
+    def branch_answer(answer, branch, step, alternative, request: gr.Request = None, *, seed=None, **values):
+        """Fork the shown answer at token `step` of `branch` (0 = main), continuing from token id `alternative`."""
         session = _session(request)
         flag = new_stop_flag(session)
         try:
-            yield from branch(answer, branch_index, step, alternative, values, flag)
+            yield from fork(answer, branch, step, alternative, {**values, "seed": seed}, flag)
         finally:
             _release(session, flag)
 

@@ -16,6 +16,7 @@ self-contained HTML page.
 from __future__ import annotations
 
 import functools
+import html
 import tempfile
 import threading
 from collections import OrderedDict
@@ -88,15 +89,14 @@ def statistics_table(maps: inspection.AttentionMaps, row: dict | None) -> pd.Dat
     if maps.length < 2:
         return pd.DataFrame(columns=STATS_COLUMNS)
     table = inspection.head_statistics(maps)
+    heads = list(zip(table["layer"], table["head"], strict=True))
     for name in ("previous_token", "duplicate_token", "induction"):
-        table[f"{name}_score"] = ([round(row[name][layer][head], 3) for layer, head in zip(table.layer, table.head,
-                                                                                          strict=True)]
-                                  if row else None)
+        table[f"{name}_score"] = [round(row[name][layer][head], 3) if row else None for layer, head in heads]
     return table
 
 
 def _scores_view(row: dict | None, notes: list[str], selected: tuple[int, int] | None) -> str:
-    notes_html = "".join(f'<p class="hs-note">⚠ {figures.html.escape(note)}</p>' for note in notes)
+    notes_html = "".join(f'<p class="hs-note">⚠ {html.escape(note)}</p>' for note in notes)
     if row is None:
         return notes_html
     return figures.head_scores_html(row, selected=selected) + notes_html
@@ -316,16 +316,16 @@ def build(dirs: AppDirs) -> InspectTab:
     maps = gr.State(None)
     views = gr.State({})
     with gr.Tabs():
-        with gr.Tab("Heads", id="insp-heads"):
+        with gr.Tab("Heads and attention", id="insp-attention"):
             gr.Markdown(
                 "**Head types** of this checkpoint on the run's fixed probe (random tokens repeated twice, and "
                 "windows of its validation text), as in TransformerLens' head detector: the share of each "
-                f"head's attention that goes where its type says (1 = a perfect head). An induction score above "
-                f"{inspection.INDUCTION_THRESHOLD:g} is an induction head. **Click a head** in any grid to show "
-                "it under Attention."
+                "head's attention that goes where its type says (1 = a perfect head). An induction score of "
+                f"{inspection.INDUCTION_THRESHOLD:g} or more is an induction head. **Click a head** in any grid "
+                "to show it large below."
             )
             scores = gr.HTML(elem_id="insp-scores", css_template=figures.HEAD_SCORES_CSS, js_on_load=SELECT_HEAD_JS)
-        with gr.Tab("Attention", id="insp-attention"):
+            gr.Markdown("**Attention of every head** on your text:")
             grid = gr.HTML(elem_id="insp-grid", css_template=figures.ATTENTION_GRID_CSS, js_on_load=SELECT_HEAD_JS)
             with gr.Row():
                 layer = gr.Dropdown(_index_choices("layer", 1), value=0, label="Layer", elem_id="insp-layer")
@@ -347,9 +347,9 @@ def build(dirs: AppDirs) -> InspectTab:
                                  wrap=True)
         with gr.Tab("Across training", id="insp-training"):
             gr.Markdown(
-                "The head chosen under **Attention** (layer, head or means) and the head-type grids, recomputed at "
-                "each snapshot the trainer kept while the run trained. Drag the step slider under a figure, or "
-                "press play."
+                "The head chosen under **Heads and attention** (layer, head or means) and the head-type grids, "
+                "recomputed at each snapshot the trainer kept while the run trained. Drag the step slider under a "
+                "figure, or press play."
             )
             replay_button = gr.Button("Replay training", elem_id="insp-replay-go")
             replay = gr.Plot(label="The chosen head across training", elem_id="insp-replay")
@@ -426,6 +426,8 @@ def wire(dirs: AppDirs, tab: InspectTab, demo: gr.Blocks) -> None:
                             [tab.replay, tab.scores_replay, tab.views], api_name="replay", concurrency_id="inspect")
     gr.on([tab.nn_button.click, tab.query.submit], bound(neighbours_table),
           [run, checkpoint, tab.query, tab.seen_only], tab.neighbours, api_name="neighbours", concurrency_id="inspect")
-    tab.download.click(handle_errors(download_views), [run, checkpoint, tab.views], tab.report,
-                       api_name="inspect_download").then(lambda: gr.update(visible=True), None, tab.report,
-                                                         api_visibility="private")
+    @handle_errors
+    def download(run_name, checkpoint_name, views):
+        return gr.update(value=download_views(run_name, checkpoint_name, views), visible=True)
+
+    tab.download.click(download, [run, checkpoint, tab.views], tab.report, api_name="inspect_download")
