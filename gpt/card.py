@@ -84,10 +84,17 @@ def write_model_card(run_dir: str | Path, config: RunConfig, *, status: dict | N
                      links: Iterable[tuple[str, str]] = ()) -> Path:
     """Write README.md into the run folder. `links`: (label, text) lines such as the W&B run page."""
     run_dir = Path(run_dir)
-    rows = read_metrics(run_dir)
+    text = card_markdown(run_dir.name, read_metrics(run_dir), config, status=status, links=links)
+    return atomic_write_text(run_dir / CARD_FILE, text)
+
+
+def card_markdown(name: str, rows: list[dict], config: RunConfig, *, status: dict | None = None,
+                  links: Iterable[tuple[str, str]] = (), intro: Iterable[str] = ()) -> str:
+    """The card of a run named `name` with metrics `rows`; `intro`: markdown lines placed before the
+    result (the Hub card's usage and loss curve, `gpt/hub.py`)."""
     samples = [row for row in rows if row.get("kind") == "sample"]
     model, meta = config.model, config.data.meta
-    parts = [f"# {run_dir.name}", "", "A GPT trained from scratch with GPT Playground.", ""]
+    parts = [f"# {name}", "", "A GPT trained from scratch with GPT Playground.", "", *intro]
     result = result_rows(rows, status)
     parts += ["## Result", "", _table(result) if result else "No evaluation yet.", ""]
     parts += ["## Model", "", _table([("parameters", f"{model.num_parameters():,}"), *model.to_dict().items()]), ""]
@@ -107,4 +114,4 @@ def write_model_card(run_dir: str | Path, config: RunConfig, *, status: dict | N
                   "```", samples[-1]["text"], "```", ""]
     if config.command:
         parts += ["## Reproduce", "", "```bash", *_prepare_command(config.data), config.command, "```", ""]
-    return atomic_write_text(run_dir / CARD_FILE, "\n".join(parts))
+    return "\n".join(parts)

@@ -1,4 +1,4 @@
-"""The command line: `python -m gpt prepare | train | eval | generate | export | import-hf | heads`.
+"""The command line: `python -m gpt prepare | train | eval | generate | export | import-hf | heads | push | pull`.
 
 Each subcommand is a pair: `_add_<name>(subparsers)` declares its flags and `_run_<name>(args)` calls
 the library. Config flags are generated from the dataclass fields (`gpt/fields.py`), so every field has
@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -351,8 +350,9 @@ def _add_export(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--overwrite", action="store_true", help="replace an existing export in OUT_DIR")
     export.set_defaults(func=_run_export)
 
-    imp = subparsers.add_parser("import-hf", help="import a Hugging Face GPT-2 folder as a run folder")
-    imp.add_argument("hf_dir", metavar="HF_DIR", help="folder with config.json + model.safetensors (GPT-2)")
+    imp = subparsers.add_parser("import-hf", help="import a Hugging Face GPT-2 folder or Hub id as a run folder")
+    imp.add_argument("hf_dir", metavar="HF_DIR", help="folder with config.json + model.safetensors (GPT-2), a Hub id "
+                                                      "(gpt2, OWNER/NAME), or a repository pushed by `push`")
     imp.add_argument("--out", required=True, metavar="RUN", help="run folder to create, e.g. checkpoints/gpt2")
     imp.add_argument("--overwrite", action="store_true", help="replace an existing run folder's weights")
     imp.set_defaults(func=_run_import_hf)
@@ -373,25 +373,55 @@ def _run_export(args: argparse.Namespace) -> int:
 
 
 def _run_import_hf(args: argparse.Namespace) -> int:
-    from gpt.card import write_model_card
-    from gpt.hf import import_hf
-    from gpt.run import LAST_FILE, DataRef, RunConfig, create_run, has_checkpoint, save_weights
-    from gpt.tokenizer import gpt2_tokenizer
+    """`import-hf` and `pull`: a folder or a Hub id becomes a run folder (`gpt.hub.pull`)."""
+    from gpt.hub import pull
+    from gpt.run import CHECKPOINTS_DIR
 
-    out = Path(args.out)
-    if has_checkpoint(out) and not args.overwrite:
-        raise UserInputError(f"{out} is already a run folder; pass --overwrite to replace it")
-    model = import_hf(args.hf_dir)
-    config = RunConfig(model=model.config, train=None,
-                       data=DataRef("", {"source": f"imported from Hugging Face folder {args.hf_dir}"}),
-                       tokenizer=gpt2_tokenizer(),
-                       command=shlex.join(["python", "-m", "gpt", "import-hf", str(args.hf_dir), "--out", str(out)]))
-    if args.overwrite:
-        (out / LAST_FILE).unlink(missing_ok=True)
-    create_run(out, config)
-    save_weights(model, out / LAST_FILE, step=0)
-    write_model_card(out, config)
-    print(f"imported {args.hf_dir} ({model.num_parameters():,} parameters) as run {out}")
+    out = Path(args.out) if args.out else CHECKPOINTS_DIR / Path(str(args.hf_dir).rstrip("/\\")).name
+    print(pull(args.hf_dir, out, overwrite=args.overwrite).summary())
+    return 0
+
+
+# -- push / pull (the Hugging Face Hub) -----------------------------------------------------------------------
+def _add_hub(subparsers: argparse._SubParsersAction) -> None:
+    """`push RUN --repo OWNER/NAME` and `pull ID_OR_FOLDER [--out RUN]` (the same as `import-hf`)."""
+    push = subparsers.add_parser(
+        "push", help="upload a run to a Hugging Face Hub model repository (transformers loads it by name)",
+        description="Upload, in one commit: the Hugging Face GPT-2 export of a checkpoint (with the GPT-2 tokenizer; "
+                    "absent, with the reason in the card, for architectures GPT-2 cannot express), the run folder "
+                    "under playground/ (config.json, weights, snapshots, metrics.jsonl) and a model card with a "
+                    "loss-curve image. The token comes from HF_TOKEN or `hf auth login`; it is never a flag.")
+    push.add_argument("run", help="run folder (or its name under checkpoints/)")
+    push.add_argument("--repo", required=True, metavar="OWNER/NAME", help="model repository (NAME alone: your account)")
+    push.add_argument("--private", action="store_true", help="create the repository private (an existing one keeps "
+                                                             "its visibility)")
+    push.add_argument("--checkpoint", default="last", help="the checkpoint exported for transformers: last | best | "
+                                                           "snapshot:STEP (the run folder travels whole)")
+    push.add_argument("--license", default="other", metavar="ID",
+                      help="license id for the card's metadata, such as mit or apache-2.0 (default: other)")
+    push.set_defaults(func=_run_push)
+
+    pull = subparsers.add_parser(
+        "pull", help="a Hub model id or a folder as a run folder (the same as import-hf)",
+        description="Make a run folder from a repository pushed by `push` (the full run: weights, snapshots, "
+                    "metrics), from a Hugging Face GPT-2 model (`gpt2`, OWNER/NAME, or its folder), or from a local "
+                    "folder of either. Only config.json, .safetensors and metrics files are downloaded.")
+    pull.add_argument("hf_dir", metavar="ID_OR_FOLDER", help="Hub id (gpt2, OWNER/NAME) or a local folder")
+    pull.add_argument("--out", metavar="RUN", help="run folder to create (default: checkpoints/<NAME>)")
+    pull.add_argument("--overwrite", action="store_true", help="replace the run folder at --out")
+    pull.set_defaults(func=_run_import_hf)
+
+
+def _run_push(args: argparse.Namespace) -> int:
+    from gpt.hub import push
+    from gpt.run import Run
+
+    def progress(fraction: float, message: str) -> None:
+        print(f"{message}…", file=sys.stderr)
+
+    result = push(Run.open(args.run), args.repo, private=args.private, checkpoint=args.checkpoint,
+                  license=args.license, progress=progress)
+    print(result.summary())
     return 0
 
 
@@ -453,7 +483,7 @@ def _run_heads(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m gpt", description="GPT Playground command line")
     subparsers = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for add in (_add_prepare, _add_train, _add_export, _add_heads):
+    for add in (_add_prepare, _add_train, _add_export, _add_heads, _add_hub):
         add(subparsers)
     return parser
 

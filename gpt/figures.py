@@ -986,3 +986,90 @@ def answer_html(branches: Sequence[tuple[str, Sequence[GenerationStep]]], tokeni
     return (f'<div class="smp-legend">probability the model gave each token: {legend} — hover for its rank and '
             f"the model's top alternatives, click to see its stages</div>"
             f'<div class="smp-branches" id="smp-answer">{"".join(columns)}</div>')
+
+
+# -- loss-curve image (the Hub model card) ---------------------------------------------------------------
+# A static PNG of a run's loss for pages that run no plotly (a model card on the Hub). Drawn with Pillow, which
+# the app already uses: plotly's image export needs kaleido plus a Chrome binary that a Space does not have.
+LOSS_PNG_SIZE = (1000, 560)
+_PNG_SCALE = 2  # drawn at twice the size, then downsampled: Pillow draws lines without anti-aliasing
+_PNG_MARGINS = (80, 50, 30, 120)  # left, top, right, bottom (the legend sits below the axes)
+
+
+def _nice_ticks(low: float, high: float, count: int = 6) -> list[float]:
+    """About `count` round tick values (steps of 1, 2 or 5 times a power of ten) covering [low, high]."""
+    span = high - low if high > low else abs(high) or 1.0
+    step = 10.0 ** math.floor(math.log10(span / count))
+    step *= next(m for m in (1, 2, 5, 10) if span / (step * m) <= count)
+    first = math.ceil(low / step) * step
+    return [first + i * step for i in range(int((high - first) / step + 1e-9) + 1)]
+
+
+def loss_curve_series(rows: Sequence[Mapping]) -> dict[str, list[tuple[float, float]]]:
+    """(step, loss) points of a run's metrics, labelled as they are: training loss, in-training validation
+    estimates (the first `eval_batches` batches) and the final whole-split evaluation."""
+    evals = [row for row in rows if row.get("kind") == "eval"]
+    full = [row for row in evals if row.get("scope") == "full"]
+    series = {
+        "train loss": _series(rows, "train", "train_loss"),
+        "validation loss, in-training estimate (first eval batches)":
+            _series([row for row in evals if row.get("scope") != "full"], "eval", "val_loss"),
+    }
+    final = _series(full[-1:], "eval", "val_loss")
+    if final:
+        series[f"validation loss, whole split: {final[0][1]:.4f} at step {final[0][0]:g}"] = final
+    return {label: points for label, points in series.items() if points}
+
+
+def loss_curve_png(rows: Sequence[Mapping], title: str) -> bytes:
+    """A PNG of the loss curves of `loss_curve_series` (nats/token against step), with a legend."""
+    from PIL import ImageDraw, ImageFont
+
+    series = loss_curve_series(rows)
+    if not series:
+        raise UserInputError(f"{title}: no loss has been logged yet, so there is no curve to draw")
+    s = _PNG_SCALE
+    width, height = LOSS_PNG_SIZE[0] * s, LOSS_PNG_SIZE[1] * s
+    left, top, right, bottom = (margin * s for margin in _PNG_MARGINS)
+    points = [p for values in series.values() for p in values]
+    x_low, x_high = 0.0, max(max(p[0] for p in points), 1.0)
+    y_low, y_high = min(p[1] for p in points), max(p[1] for p in points)
+    pad = (y_high - y_low) * 0.05 or 0.5
+    y_low, y_high = max(0.0, y_low - pad), y_high + pad
+
+    def xy(step: float, loss: float) -> tuple[float, float]:
+        return (left + (step - x_low) / (x_high - x_low) * (width - left - right),
+                height - bottom - (loss - y_low) / (y_high - y_low) * (height - top - bottom))
+
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    font, small = ImageFont.load_default(size=15 * s), ImageFont.load_default(size=13 * s)
+    for tick in _nice_ticks(y_low, y_high):
+        y = xy(0, tick)[1]
+        draw.line([(left, y), (width - right, y)], fill="#e5e5e5", width=s)
+        draw.text((left - 8 * s, y), f"{tick:g}", fill="#444444", font=small, anchor="rm")
+    for tick in _nice_ticks(x_low, x_high):
+        x = xy(tick, y_low)[0]
+        draw.line([(x, top), (x, height - bottom)], fill="#f0f0f0", width=s)
+        draw.text((x, height - bottom + 8 * s), f"{tick:g}", fill="#444444", font=small, anchor="ma")
+    draw.rectangle([left, top, width - right, height - bottom], outline="#888888", width=s)
+    draw.text((left, top - 12 * s), f"{title}: loss (nats/token)", fill="black", font=font, anchor="ls")
+    draw.text(((left + width - right) / 2, height - bottom + 30 * s), "step", fill="#444444", font=small,
+              anchor="ma")
+    legend_y = height - bottom + 62 * s
+    for index, (label, values) in enumerate(series.items()):
+        colour = qualitative.Plotly[index % len(qualitative.Plotly)]
+        pixels = [xy(*p) for p in values]
+        is_train = label == "train loss"
+        if len(pixels) > 1:
+            draw.line(pixels, fill=colour, width=(2 if is_train else 1) * s, joint="curve")
+        radius = (3 if len(pixels) > 1 else 6) * s  # the final evaluation is one larger dot
+        for x, y in [] if is_train and len(pixels) > 1 else pixels:
+            draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=colour)
+        row_y = legend_y + index * 20 * s
+        draw.line([(left, row_y), (left + 30 * s, row_y)], fill=colour, width=3 * s)
+        draw.text((left + 40 * s, row_y), label, fill="black", font=small, anchor="lm")
+    image = image.resize(LOSS_PNG_SIZE, Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()

@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shlex
 import tempfile
 import time
@@ -60,6 +61,8 @@ SAVE_TORCH_DTYPES = dict(zip(SAVE_DTYPES, (torch.float32, torch.float16, torch.b
 LOG_FILE = "train.log"
 # A `running` run whose metrics changed this recently is taken to be training in another process.
 RUNNING_ELSEWHERE_SECONDS = 120.0
+# The W&B note the trainer adds to its first status message: "; W&B run: URL" or "; W&B offline run: ..."
+WANDB_NOTE = re.compile(r"(W&B run|W&B offline run): (.+?)(?=; |$)")
 
 
 # -- atomic writes --------------------------------------------------------------------------------
@@ -443,6 +446,15 @@ class Run:
     def status(self) -> dict | None:
         """The last status row (status: running | stopped | finished | diverged | failed), or None."""
         return run_status(self.dir)
+
+    def wandb_link(self) -> tuple[str, str] | None:
+        """(label, text) of the W&B run page (or offline folder + `wandb sync` command) of the latest
+        training start, read from its first status row, where the trainer puts `WandbLogger.where()`."""
+        for row in reversed(self.metrics("status")):
+            found = WANDB_NOTE.search(str(row.get("message", "")))
+            if found:
+                return found.group(1), found.group(2)
+        return None
 
     def state(self, running_here: bool = False) -> str:
         """One of `RUN_STATES`. `running_here`: this server's job trains the run now. A `running` status

@@ -34,7 +34,8 @@ def write_csv(path: Path, rows: int = 120) -> Path:
     return path
 
 
-def tiny_fields(**overrides) -> list:
+def tiny_fields(**overrides) -> dict:
+    """Every Train-tab field by name (the start/summary endpoints take any subset; this sends them all)."""
     values = dict(n_layer=1, n_head=2, n_embd=32, ffn_hidden=None, context_length=32, dropout=0.0,
                   activation="gelu", position="learned", norm="layernorm", bias=True, batch_size=4,
                   grad_accum_steps=1, learning_rate=3e-3, min_lr_ratio=0.1, warmup_steps=2, weight_decay=0.1,
@@ -42,15 +43,15 @@ def tiny_fields(**overrides) -> list:
                   eval_interval=10, eval_batches=2, log_interval=2, sample_prompt="Row", sample_tokens=8,
                   sample_temperature=0.8, seed=1, device="cpu", precision="auto", compile=False, snapshots=2,
                   save_dtype="float32", wandb="off", wandb_project="gpt-playground", vocab="full",
-                  optimizer="adamw", muon_learning_rate=0.02)
+                  optimizer="adamw", muon_learning_rate=0.02, log_seconds=5.0)
     values.update(overrides)
-    return [values[name] for name in FIELD_NAMES]
+    assert set(values) == set(FIELD_NAMES)
+    return values
 
 
 def generate_args(run_dir, prompt, seed, max_new_tokens=12, **controls):
-    c = {**GENERATE_DEFAULTS, **controls}
-    return ([], prompt, str(run_dir), "last", c["temperature"], c["top_k"], c["top_p"], c["repetition_penalty"],
-            c["penalty_window"], max_new_tokens, seed)
+    return {"history": [], "prompt": prompt, "run": str(run_dir), "checkpoint": "last",
+            **GENERATE_DEFAULTS, **controls, "max_new_tokens": max_new_tokens, "seed": seed}
 
 
 def assert_serving(url: str) -> None:
@@ -106,16 +107,20 @@ def test_dataset_info_and_bad_uploads(app_url, prepared, tmp_path):
 
 def test_impossible_config_is_a_clear_error(app_url, prepared):
     c = client(app_url)
-    summary = c.predict(prepared, *tiny_fields(n_embd=30, n_head=4), api_name="/train_summary")
+    summary = c.predict(preset="tiny", dataset=prepared, fields=tiny_fields(n_embd=30, n_head=4),
+                        api_name="/train_summary")
     assert "n_embd (30) must be divisible by n_head (4)" in summary
     with pytest.raises(Exception, match="divisible"):
-        c.predict("tiny", prepared, "bad", *tiny_fields(n_embd=30, n_head=4), api_name="/start_training")
+        c.predict(preset="tiny", dataset=prepared, run_name="bad", fields=tiny_fields(n_embd=30, n_head=4),
+                  api_name="/start_training")
     with pytest.raises(Exception, match="when to stop"):
-        c.predict("tiny", prepared, "bad", *tiny_fields(max_steps=None), api_name="/start_training")
-    c.predict("tiny", prepared, "too-big-batch", *tiny_fields(batch_size=512), api_name="/start_training")
+        c.predict(preset="tiny", dataset=prepared, run_name="bad", fields=tiny_fields(max_steps=None),
+                  api_name="/start_training")
+    c.predict(preset="tiny", dataset=prepared, run_name="too-big-batch", fields=tiny_fields(batch_size=512),
+              api_name="/start_training")
     status, *_ = _poll_until(c, lambda r: "failed" in (r[0] or ""))
     assert "larger than the training split" in status  # the trainer's own message, from the child's log
-    good = c.predict(prepared, *tiny_fields(), api_name="/train_summary")
+    good = c.predict(preset="tiny", dataset=prepared, fields=tiny_fields(), api_name="/train_summary")
     assert "parameters" in good and "tokens per parameter" in good and "device: **cpu**" in good
     assert_serving(app_url)
 
@@ -150,11 +155,14 @@ def _points(figure) -> int:
 
 def test_train_start_poll_second_start_stop(app_url, app_dirs, prepared):
     c = client(app_url)
-    c.predict("tiny", prepared, "api-run", *tiny_fields(), api_name="/start_training")
+    assert c.predict(preset="tiny", dataset=prepared, run_name="api-run", fields={"max_steps": 400, "device": "cpu",
+                     "n_layer": 1, "n_embd": 32, "n_head": 2, "context_length": 32, "batch_size": 4,
+                     "eval_interval": 10, "log_interval": 2}, api_name="/start_training") == "api-run"
     status, figure, _ = _poll_until(c, lambda r: _points(r[1]) >= 2)
     first = _points(figure)
     with pytest.raises(Exception, match="already running.*api-run"):
-        client(app_url).predict("tiny", prepared, "other", *tiny_fields(), api_name="/start_training")
+        client(app_url).predict(preset="tiny", dataset=prepared, run_name="other", fields=tiny_fields(),
+                                api_name="/start_training")
     status, figure, sample = _poll_until(c, lambda r: _points(r[1]) > first, last=[status, figure, None])
     assert "running" in status and "tokens/s" in status and "ETA" in status
     assert "stopping" in c.predict(api_name="/stop_training")[0]
@@ -162,7 +170,7 @@ def test_train_start_poll_second_start_stop(app_url, app_dirs, prepared):
     assert "stop requested" in status
     table, compare, download = c.predict([], None, api_name="/runs")
     assert "api-run" in [row[0] for row in table["data"]]
-    overlay = c.predict([str(app_dirs[1] / "api-run"), str(app_dirs[1] / "tiny-random")], api_name="/compare_runs")
+    overlay = c.predict(["api-run", "tiny-random"], api_name="/compare_runs")  # dropdown values are run names
     assert overlay["type"] == "plotly"
     with pytest.raises(Exception, match="No training job is running"):
         c.predict(api_name="/stop_training")
@@ -170,37 +178,37 @@ def test_train_start_poll_second_start_stop(app_url, app_dirs, prepared):
 
 def test_generate_streams_and_reports_speed(app_url, app_dirs):
     c = client(app_url)
-    job = c.submit(*generate_args(app_dirs[1] / "tiny-random", "Hello", seed=3, max_new_tokens=100,
+    job = c.submit(**generate_args(app_dirs[1] / "tiny-random", "Hello", seed=3, max_new_tokens=100,
                                   temperature=1.2, top_k=40), api_name="/generate")
     lengths = [len(history[-1]["content"][0]["text"]) if history[-1]["content"] else 0
                for history, *_ in job]
     assert len(lengths) >= 3 and lengths == sorted(lengths) and lengths[-1] > 0
-    history, stats, slider, why = job.outputs()[-1]
+    history, stats, slider, why, *_ = job.outputs()[-1]
     assert history[0]["content"][0]["text"] == "Hello" and "tokens/s" in stats
     assert why["type"] == "plotly" and slider["maximum"] >= 2
 
 
 def test_generate_cancel_then_serves_again(app_url, app_dirs):
     c = client(app_url)
-    job = c.submit(*generate_args(app_dirs[1] / "tiny-random", "Stop me", seed=1, max_new_tokens=1000),
+    job = c.submit(**generate_args(app_dirs[1] / "tiny-random", "Stop me", seed=1, max_new_tokens=1000),
                    api_name="/generate")
     for count, _ in enumerate(job):
         if count >= 2:
             job.cancel()
             break
     time.sleep(1.0)
-    history, stats, *_ = c.predict(*generate_args(app_dirs[1] / "tiny-random", "Again", seed=1), api_name="/generate")
+    history, stats, *_ = c.predict(**generate_args(app_dirs[1] / "tiny-random", "Again", seed=1), api_name="/generate")
     assert history[0]["content"][0]["text"] == "Again" and "tokens/s" in stats
 
 
 def test_generate_bad_inputs(app_url, app_dirs):
     c = client(app_url)
     with pytest.raises(Exception, match="Type a prompt"):
-        c.predict(*generate_args(app_dirs[1] / "tiny-random", "  ", seed=1), api_name="/generate")
+        c.predict(**generate_args(app_dirs[1] / "tiny-random", "  ", seed=1), api_name="/generate")
     with pytest.raises(Exception, match="less than minimum"):
-        c.predict(*generate_args(app_dirs[1] / "tiny-random", "x", seed=1, top_p=0.0), api_name="/generate")
+        c.predict(**generate_args(app_dirs[1] / "tiny-random", "x", seed=1, top_p=0.0), api_name="/generate")
     with pytest.raises(Exception, match="unknown run"):
-        c.predict(*generate_args("/etc", "x", seed=1), api_name="/generate")
+        c.predict(**generate_args("/etc", "x", seed=1), api_name="/generate")
     assert_serving(app_url)
 
 
@@ -210,7 +218,7 @@ def test_two_users_generate_at_once_and_each_gets_their_answer(app_url, app_dirs
 
     def ask(prompt_seed):
         prompt, seed = prompt_seed
-        history, *_ = client(app_url).predict(*generate_args(run, prompt, seed, max_new_tokens=30),
+        history, *_ = client(app_url).predict(**generate_args(run, prompt, seed, max_new_tokens=30),
                                               api_name="/generate")
         return history[0]["content"][0]["text"], history[1]["content"][0]["text"]
 

@@ -14,6 +14,7 @@ import pytest
 from conftest import free_port, make_tiny_run
 
 pytestmark = pytest.mark.browser
+OUTLINE = "rgb(214, 39, 40)"  # the selected head's outline (#d62728)
 
 HEAD_MAP_TITLE_JS = """() => {
   const plot = document.querySelector('#insp-head-map .js-plotly-plot');
@@ -80,7 +81,11 @@ def test_inspect_views_and_clicking_a_head(inspect_page, artifacts):
     page.wait_for_function(f"({HEAD_MAP_TITLE_JS})().includes('layer 1, head 1')")
     assert page.locator("#insp-layer input").input_value() == "layer 1"
     assert page.locator("#insp-head input").input_value() == "head 1"
-    assert "selected" in page.locator('#insp-grid .ag-cell[data-layer="1"][data-head="1"]').get_attribute("class")
+    for cell in ('#insp-grid .ag-cell[data-layer="1"][data-head="1"]',  # outlined in every grid
+                 '#insp-scores .hs-grid:nth-child(3) .hs-cell[data-layer="1"][data-head="1"]'):
+        assert page.locator(cell).evaluate("e => getComputedStyle(e).borderTopColor") == OUTLINE
+    assert page.locator('#insp-grid .ag-cell[data-layer="0"][data-head="0"]').evaluate(
+        "e => getComputedStyle(e).borderTopColor") != OUTLINE
 
     # so does a click on a cell of a head-type grid
     page.locator("#insp-scores .hs-cell").first.wait_for()
@@ -115,7 +120,7 @@ def test_inspect_views_and_clicking_a_head(inspect_page, artifacts):
     page.screenshot(path=str(artifacts / "inspect-across-training.png"), full_page=True)
 
     page.locator("#insp-download").click()
-    link = page.locator("#insp-report a", has_text="inspect-heads-run-last.html")
+    link = page.locator('#insp-report a[download="inspect-heads-run-last.html"]')
     link.wait_for()
     with page.expect_download() as download:
         link.click()

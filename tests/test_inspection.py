@@ -370,8 +370,8 @@ def test_tab_handlers(run_with_snapshots):
 
     dirs, run_dir = run_with_snapshots
     run = run_dir.name
-    (summary, grid, head_map, view, stats, maps, tokens, layers, heads, loss, lens, scores,
-     views) = inspect_tab.inspect_text(dirs, run, "last", TEXT, 1, 2)
+    (summary, grid, head_map, view, stats, maps, tokens, layers, heads, loss, lens, scores, views,
+     selection) = inspect_tab.inspect_text(dirs, run, "last", TEXT, 1, 2)
     expected = explicit_probs(tiny_model(2), gpt2_tokenizer().encode(TEXT))
     np.testing.assert_array_equal(maps.probs, expected)
     assert "step 20" in summary and "2 layers × 3 heads" in summary
@@ -381,7 +381,7 @@ def test_tab_handlers(run_with_snapshots):
     assert len(tokens["choices"]) == maps.length + 1
     assert loss.count('class="tl-tok"') == maps.length
 
-    head_map, view, _ = inspect_tab.head_figures(maps, inspect_tab.MEAN, 0, 4)
+    head_map, view, _, _ = inspect_tab.head_figures(maps, inspect_tab.MEAN, 0, 4)
     np.testing.assert_allclose(np.asarray(head_map.data[0].z), causal(expected[:, 0].mean(0)), rtol=1e-6)
     assert "lines of token 4" in view.layout.title.text
 

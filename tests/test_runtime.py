@@ -42,6 +42,7 @@ def _fake_cpu(monkeypatch: pytest.MonkeyPatch, native: bool, speedup: float) -> 
                         lambda: (native, "this CPU has avx512_bf16 (AVX512)" if native
                                  else "this CPU has no native bf16 (AVX2)"))
     monkeypatch.setattr(runtime, "cpu_bf16_speedup", lambda use_cache=True: speedup)
+    monkeypatch.setattr(runtime, "matmul_bf16_speedup", lambda: speedup)
 
 
 def test_auto_picks_fp32_on_a_cpu_without_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:

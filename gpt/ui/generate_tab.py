@@ -67,6 +67,7 @@ GROUPS = {
     "DRY (don't repeat yourself)": ["dry_multiplier", "dry_base", "dry_allowed_length"],
     "Length, seed and speed": ["max_new_tokens", "stop_at_eot", "seed", "precision"],
 }
+OPEN_GROUPS = ("Temperature and truncation", "Length, seed and speed")
 CONTROL_FIELDS = [name for names in GROUPS.values() for name in names]
 ANSWER_CLICK_JS = """element.addEventListener('click', (event) => {
   const token = event.target.closest('[data-step]');
@@ -467,7 +468,7 @@ def build(dirs: AppDirs) -> GenerateTab:
                             css_template=SAMPLING_CSS)
             controls = {}
             for title, names in GROUPS.items():
-                with gr.Accordion(title, open=title.startswith("Temperature")):
+                with gr.Accordion(title, open=title in OPEN_GROUPS):
                     for name in names:
                         controls[name] = _control(SPECS[name])
     with gr.Accordion("The answer, token by token (and its branches)", open=True):

@@ -51,10 +51,7 @@ STATS_COLUMNS = ["layer", "head", "entropy_bits", "previous_token", "first_token
 SELECT_HEAD_JS = """
 element.addEventListener('click', (event) => {
   const cell = event.target.closest('[data-head]');
-  if (!cell) return;
-  element.querySelectorAll('.selected').forEach((other) => other.classList.remove('selected'));
-  cell.classList.add('selected');
-  trigger('click', {layer: Number(cell.dataset.layer), head: Number(cell.dataset.head)});
+  if (cell) trigger('click', {layer: Number(cell.dataset.layer), head: Number(cell.dataset.head)});
 });
 """
 MAX_SCORED = 16  # head-type scores kept for this many checkpoint files
@@ -95,11 +92,21 @@ def statistics_table(maps: inspection.AttentionMaps, row: dict | None) -> pd.Dat
     return table
 
 
-def _scores_view(row: dict | None, notes: list[str], selected: tuple[int, int] | None) -> str:
+def _scores_view(row: dict | None, notes: list[str]) -> str:
     notes_html = "".join(f'<p class="hs-note">⚠ {html.escape(note)}</p>' for note in notes)
     if row is None:
         return notes_html
-    return figures.head_scores_html(row, selected=selected) + notes_html
+    return figures.head_scores_html(row) + notes_html
+
+
+def selection_style(layer: int | None, head: int | None) -> str:
+    """A style rule outlining the selected head in every grid of the tab (one small output, so the grids
+    themselves are not sent again when the selection changes); nothing for a mean."""
+    if layer is None or head is None or MEAN in (int(layer), int(head)):
+        return ""
+    cell = f'[data-layer="{int(layer)}"][data-head="{int(head)}"]'
+    return (f"<style>#insp-grid .ag-cell{cell}, #insp-scores .hs-cell{cell} "
+            "{ border-color: #d62728 !important; }</style>")
 
 
 # -- handlers ------------------------------------------------------------------------------------------------
@@ -122,15 +129,16 @@ def _token_choices(maps: inspection.AttentionMaps) -> list[tuple[str, int]]:
 
 def head_figures(maps: inspection.AttentionMaps | None, layer: int | None, head: int | None, token: int | None,
                  views: dict | None = None):
-    """The large heatmap and the head view for the chosen layer/head (or means) and token, and the views
-    kept for download."""
+    """The large heatmap and the head view for the chosen layer/head (or means) and token, the views kept
+    for download, and the selection outline."""
     if maps is None:
-        return None, None, views
+        return None, None, views, ""
     layer, head = _selection(layer), _selection(head)
     selected = None if token is None or int(token) == ALL_TOKENS or int(token) >= maps.length else int(token)
     head_map = figures.attention_head_figure(maps, layer, head)
     view = figures.head_view_figure(maps, layer, head, selected=selected)
-    return head_map, view, {**(views or {}), "Attention of one head": head_map, "Head view": view}
+    return (head_map, view, {**(views or {}), "Attention of one head": head_map, "Head view": view},
+            selection_style(layer, head))
 
 
 def select_head(maps: inspection.AttentionMaps | None, layer: int, head: int, token: int | None,
@@ -140,15 +148,14 @@ def select_head(maps: inspection.AttentionMaps | None, layer: int, head: int, to
         raise UserInputError("press Inspect first")
     inspection.check_index("layer", layer, maps.n_layer)
     inspection.check_index("head", head, maps.n_head)
-    head_map, view, views = head_figures(maps, layer, head, token, views)
-    return gr.update(value=layer), gr.update(value=head), head_map, view, views
+    return gr.update(value=layer), gr.update(value=head), *head_figures(maps, layer, head, token, views)
 
 
 def inspect_text(dirs: AppDirs, run: str | None, checkpoint: str | None, text: str, layer: int | None = 0,
                  head: int | None = 0):
     """Every view of `text` through the picked checkpoint: (summary, attention grid, one head, head view,
     statistics, maps, token choices, layer choices, head choices, per-token view, logit lens, head-type
-    grids, views kept for download)."""
+    grids, views kept for download, selection outline)."""
     if not run:
         raise UserInputError("choose a run first (train one in the Train tab, or use the shipped model)")
     loaded = load_picked(dirs, run, checkpoint)
@@ -157,8 +164,7 @@ def inspect_text(dirs: AppDirs, run: str | None, checkpoint: str | None, text: s
     lens = inspection.logit_lens(loaded.model, loaded.tokenizer, text)
     row, notes = checkpoint_scores(loaded)
     layer, head = _valid_index(layer, maps.n_layer), _valid_index(head, maps.n_head)
-    chosen = (layer, head) if layer != MEAN and head != MEAN else None
-    head_map, view, _ = head_figures(maps, layer, head, ALL_TOKENS)
+    head_map, view, _, selection = head_figures(maps, layer, head, ALL_TOKENS)
     config = loaded.model.config
     summary = (
         f"**{loaded.run_dir.name}** · {loaded.checkpoint} (step {loaded.step}) · {config.n_layer} layers × "
@@ -168,10 +174,10 @@ def inspect_text(dirs: AppDirs, run: str | None, checkpoint: str | None, text: s
         maps.notes.append("this model has one head per layer: each grid is one column and the mean over heads is "
                           "that head")
     summary += "".join(f"\n\n⚠ {note}" for note in maps.notes)
-    grid = figures.attention_grid_html(maps, selected=chosen)
+    grid = figures.attention_grid_html(maps)
     loss_view = figures.token_loss_html(losses, loaded.tokenizer)
     lens_figure = figures.logit_lens_figure(lens, loaded.tokenizer)
-    scores = _scores_view(row, notes, chosen)
+    scores = _scores_view(row, notes)
     views = {"Head-type scores": scores, "Attention of every head": grid, "Attention of one head": head_map,
              "Head view": view, "Per-token loss": loss_view, "Logit lens": lens_figure}
     return (
@@ -188,6 +194,7 @@ def inspect_text(dirs: AppDirs, run: str | None, checkpoint: str | None, text: s
         lens_figure,
         scores,
         views,
+        selection,
     )
 
 
@@ -275,6 +282,7 @@ class InspectTab:
     report: gr.File
     maps: gr.State
     views: gr.State
+    selection: gr.HTML
     scores: gr.HTML
     grid: gr.HTML
     layer: gr.Dropdown
@@ -315,6 +323,7 @@ def build(dirs: AppDirs) -> InspectTab:
     report = gr.File(label="Views as one HTML page", elem_id="insp-report", visible=False)
     maps = gr.State(None)
     views = gr.State({})
+    selection = gr.HTML(elem_id="insp-selection", js_on_load=None)
     with gr.Tabs():
         with gr.Tab("Heads and attention", id="insp-attention"):
             gr.Markdown(
@@ -384,7 +393,8 @@ def build(dirs: AppDirs) -> InspectTab:
             neighbours = gr.Dataframe(pd.DataFrame(columns=["rank", "token", "id", "cosine", "count"]),
                                       elem_id="insp-nn", interactive=False)
             positions = gr.Plot(label="Position embeddings", elem_id="insp-pos")
-    return InspectTab(picker, text, go_button, summary, download, report, maps, views, scores, grid, layer, head,
+    return InspectTab(picker, text, go_button, summary, download, report, maps, views, selection, scores, grid, layer,
+                      head,
                       token, head_map, head_view, stats, replay_button, replay, scores_replay, lens, loss_html, count,
                       dims, color, emb_note, scatter, query, seen_only, nn_button, neighbours, positions)
 
@@ -409,14 +419,15 @@ def wire(dirs: AppDirs, tab: InspectTab, demo: gr.Blocks) -> None:
         bound(inspect_text),
         [run, checkpoint, tab.text, tab.layer, tab.head],
         [tab.summary, tab.grid, tab.head_map, tab.head_view, tab.stats, tab.maps, tab.token, tab.layer, tab.head,
-         tab.loss_html, tab.lens, tab.scores, tab.views],
+         tab.loss_html, tab.lens, tab.scores, tab.views, tab.selection],
         api_name="inspect",
         concurrency_id="inspect",
     ).then(bound(embedding_views), embed_inputs, embed_outputs, api_name="embeddings", concurrency_id="inspect")
+    figure_outputs = [tab.head_map, tab.head_view, tab.views, tab.selection]
     gr.on([tab.layer.input, tab.head.input, tab.token.input], handle_errors(head_figures),
-          [tab.maps, tab.layer, tab.head, tab.token, tab.views], [tab.head_map, tab.head_view, tab.views],
-          api_name="head", concurrency_id="inspect")
-    head_outputs = [tab.layer, tab.head, tab.head_map, tab.head_view, tab.views]
+          [tab.maps, tab.layer, tab.head, tab.token, tab.views], figure_outputs, api_name="head",
+          concurrency_id="inspect")
+    head_outputs = [tab.layer, tab.head, *figure_outputs]
     for grid in (tab.grid, tab.scores):
         grid.click(clicked, [tab.maps, tab.token, tab.views], head_outputs, api_visibility="private",
                    concurrency_id="inspect")

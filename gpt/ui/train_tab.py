@@ -307,7 +307,11 @@ def wire(dirs: AppDirs, tab: TrainTab, demo: gr.Blocks) -> None:
 
     @handle_errors
     def fill(preset_name):
-        return [f"*{preset_name}*: {get_preset(preset_name).description}", *preset_values(preset_name)]
+        return preset_values(preset_name)
+
+    @handle_errors
+    def describe(preset_name):
+        return f"*{preset_name}*: {get_preset(preset_name).description}"
 
     def form_summary(preset_name, dataset_name, *values):
         return summary_markdown(dirs, _form_request(preset_name, dataset_name, None, values))
@@ -399,7 +403,8 @@ def wire(dirs: AppDirs, tab: TrainTab, demo: gr.Blocks) -> None:
         return (message, *refresh_runs([], None))
 
     form = [tab.preset, tab.dataset, tab.run_name, *tab.fields]
-    tab.preset.change(fill, tab.preset, [tab.preset_note, *tab.fields], api_name="preset_values")
+    tab.preset.change(fill, tab.preset, tab.fields, api_name="preset_values")
+    tab.preset.change(describe, tab.preset, tab.preset_note, api_visibility="private", show_progress="hidden")
     gr.on([tab.preset.change, tab.dataset.change, *[c.change for c in tab.fields]], form_summary,
           [tab.preset, tab.dataset, *tab.fields], tab.summary, api_visibility="private",
           trigger_mode="always_last", show_progress="hidden")
