@@ -1,11 +1,20 @@
 """Batch-1 generation speed: our KV-cached sampler against Hugging Face `generate` on identical weights.
 
-A model of the chosen preset shape gets random weights, is exported with `gpt.hf.export_hf` and loaded
-by `transformers.GPT2LMHeadModel`; both then generate the same number of tokens greedily from the same
-prompt (the token ids are checked to be identical). Prints tokens/s of each, the ratio and the cores.
+A model of the chosen preset shape gets random weights, is exported with `gpt.hf.export_hf` and loaded by
+`transformers.GPT2LMHeadModel`; both generate the same number of tokens from the same prompt, interleaved
+(one run of each per round, the best round reported), so machine noise hits both alike. Rows:
 
-    python bench/generate_speed.py                      # seed preset, 200 tokens, CPU
-    python bench/generate_speed.py --preset gpt2 --device cuda
+- greedy: HF against ours in float32 (token ids checked identical: the exact path) and ours with int8 /
+  bfloat16 weights (bfloat16 only where the CPU has native bf16, `gpt.runtime.cpu_has_native_bf16`) and
+  `auto` (what it picks here); for the lossy ones, how many of the greedy tokens match float32;
+- sampled (temperature 0.8, top-k 50, top-p 0.95): HF's warpers (a full sort per token) against our chain;
+- the same shape with a compact vocabulary (11,900 tokens, the size of the shipped model's corpus);
+- the shipped model (checkpoints/shakespeare-5min) as the app runs it (stage view on), and the change in
+  validation loss that int8 / bfloat16 weights cost it (on the last 10% of tinyshakespeare.txt, the
+  validation end of its contiguous split).
+
+    python bench/generate_speed.py                      # seed preset, 200 tokens, CPU, torch's threads
+    python bench/generate_speed.py --threads 2 --repeats 5
 """
 
 from __future__ import annotations
@@ -17,79 +26,186 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
+from gpt.evaluate import evaluate  # noqa: E402
 from gpt.hf import export_hf  # noqa: E402
 from gpt.model import GPT, GPTConfig  # noqa: E402
-from gpt.sampling import SamplingConfig, stream_generate  # noqa: E402
-from gpt.tokenizer import gpt2_tokenizer  # noqa: E402
+from gpt.run import DEFAULT_RUN, Run  # noqa: E402
+from gpt.runtime import cpu_capability, cpu_has_native_bf16  # noqa: E402
+from gpt.sampling import SamplingConfig, decoding_model, stream_generate  # noqa: E402
+from gpt.tokenizer import Tokenizer, gpt2_tokenizer  # noqa: E402
 
 PROMPT = "The quick brown fox jumps over the lazy dog. Once upon a time"
+SAMPLED = {"temperature": 0.8, "top_k": 50, "top_p": 0.95}
+COMPACT_VOCAB = 11_900
+CORPUS = ROOT / "assets" / "data" / "tinyshakespeare.txt"
 
 
-def ours(model: GPT, tokens: int) -> tuple[float, list[int]]:
-    config = SamplingConfig(temperature=0, max_new_tokens=tokens, stop_at_eot=False)
+def ours(model: GPT, tokenizer: Tokenizer, config: SamplingConfig) -> tuple[float, list[int]]:
     start = time.perf_counter()
-    ids = [step.token_id for step in stream_generate(model, gpt2_tokenizer(), PROMPT, config)]
+    ids = [step.token_id for step in stream_generate(model, tokenizer, PROMPT, config)]
     if model.token_embedding.weight.is_cuda:
         torch.cuda.synchronize()
     return time.perf_counter() - start, ids
 
 
-def hugging_face(hf_model: torch.nn.Module, tokens: int, device: str) -> tuple[float, list[int]]:
-    prompt = torch.tensor([gpt2_tokenizer().encode(PROMPT)], device=device)
+def hugging_face(hf_model: torch.nn.Module, prompt_ids: list[int], tokens: int, sampled: bool,
+                 device: str) -> tuple[float, list[int]]:
+    prompt = torch.tensor([prompt_ids], device=device)
+    options = {"do_sample": True, **SAMPLED} if sampled else {"do_sample": False}
     start = time.perf_counter()
     with torch.inference_mode():
-        out = hf_model.generate(prompt, do_sample=False, max_new_tokens=tokens, pad_token_id=0)
+        out = hf_model.generate(prompt, max_new_tokens=tokens, pad_token_id=0, **options)
     if device == "cuda":
         torch.cuda.synchronize()
-    return time.perf_counter() - start, out[0, prompt.size(1) :].tolist()
+    return time.perf_counter() - start, out[0, prompt.size(1):].tolist()
+
+
+def hf_twin(model: GPT, device: str) -> torch.nn.Module:
+    from transformers import GPT2LMHeadModel
+
+    with tempfile.TemporaryDirectory() as folder:
+        export_hf(model, folder)
+        hf_model = GPT2LMHeadModel.from_pretrained(folder).eval().to(device)
+    hf_model.generation_config.eos_token_id = None  # always generate exactly --tokens tokens
+    return hf_model
+
+
+def race(entrants: dict, repeats: int) -> dict[str, tuple[float, list[int]]]:
+    """Best (seconds, token ids) of each entrant, run one after the other in every round."""
+    best: dict[str, tuple[float, list[int]]] = {}
+    for _ in range(repeats):
+        for name, run in entrants.items():
+            seconds, ids = run()
+            if name not in best or seconds < best[name][0]:
+                best[name] = (seconds, ids)
+    return best
+
+
+def agreement(ids: list[int], reference: list[int]) -> str:
+    same = next((i for i, (a, b) in enumerate(zip(ids, reference, strict=True)) if a != b), len(reference))
+    return f"first {same} of {len(reference)} greedy tokens as float32"
+
+
+def report(title: str, results: dict, tokens: int, baseline: str, notes: dict | None = None) -> None:
+    print(f"\n{title}")
+    base = tokens / results[baseline][0]
+    for name, (seconds, _) in results.items():
+        rate = tokens / seconds
+        note = f"  ({notes[name]})" if notes and name in notes else ""
+        print(f"  {name:<34}{rate:8.1f} tokens/s  {rate / base:5.2f}x{note}")
+
+
+def precisions() -> tuple[list[str], str]:
+    native, evidence = cpu_has_native_bf16()
+    return (["int8", "bfloat16"] if native else ["int8"]), ("" if native else f"bfloat16 skipped: {evidence}")
+
+
+def shape_rows(config: GPTConfig, tokens: int, repeats: int, device: str, label: str) -> None:
+    torch.manual_seed(0)
+    model = GPT(config).eval().to(device)
+    tokenizer = gpt2_tokenizer() if config.vocab_size == gpt2_tokenizer().vocab_size else \
+        Tokenizer(range(config.vocab_size - 1))
+    prompt_ids = tokenizer.encode(PROMPT)
+    hf_model = hf_twin(model, device)
+    lossy, skipped = precisions() if device == "cpu" else ([], "")
+    greedy = SamplingConfig(temperature=0, max_new_tokens=tokens, stop_at_eot=False)
+    for precision in [*lossy, "auto"]:  # prepare the copies (and the auto measurement) outside the timing
+        decoding_model(model, precision)
+    _, auto, why = decoding_model(model, "auto")
+    entrants = {"Hugging Face generate (float32)": lambda: hugging_face(hf_model, prompt_ids, tokens, False, device),
+                "ours, float32": lambda: ours(model, tokenizer, greedy)}
+    for precision in lossy:
+        entrants[f"ours, {precision} weights"] = lambda p=precision: ours(model, tokenizer, greedy.replace(precision=p))
+    entrants[f"ours, auto (-> {auto})"] = lambda: ours(model, tokenizer, greedy.replace(precision="auto"))
+    for run in entrants.values():  # warm-up
+        run()
+    results = race(entrants, repeats)
+    exact = results["ours, float32"][1] == results["Hugging Face generate (float32)"][1]
+    if not exact:
+        raise SystemExit("float32 generations differ from Hugging Face: the weights or the math do not match")
+    reference = results["ours, float32"][1]
+    notes = {"ours, float32": "token ids identical to Hugging Face: yes"}
+    notes.update({name: agreement(ids, reference) for name, (_, ids) in results.items()
+                  if name.startswith("ours, ") and name != "ours, float32"})
+    report(f"{label}: greedy, {tokens} tokens after a {len(prompt_ids)}-token prompt", results, tokens,
+           "Hugging Face generate (float32)", notes)
+    print(f"  auto: {why}" + (f"; {skipped}" if skipped else ""))
+
+    sampled = SamplingConfig(**SAMPLED, max_new_tokens=tokens, stop_at_eot=False, seed=0)
+    entrants = {"Hugging Face generate (float32)": lambda: hugging_face(hf_model, prompt_ids, tokens, True, device),
+                "ours, float32": lambda: ours(model, tokenizer, sampled),
+                f"ours, auto (-> {auto})": lambda: ours(model, tokenizer, sampled.replace(precision="auto"))}
+    report(f"{label}: sampled (temperature 0.8, top-k 50, top-p 0.95)", race(entrants, repeats), tokens,
+           "Hugging Face generate (float32)")
+
+
+def validation_tokens(tokenizer: Tokenizer) -> np.ndarray:
+    text = CORPUS.read_text(encoding="utf-8")
+    return np.array(tokenizer.encode(text[int(len(text) * 0.9):]), dtype=np.int64)
+
+
+def shipped_rows(tokens: int, repeats: int) -> None:
+    if not (DEFAULT_RUN / "model.safetensors").is_file():
+        print(f"\nno shipped model at {DEFAULT_RUN}: skipped")
+        return
+    loaded = Run.open(DEFAULT_RUN).load("last")
+    model, tokenizer = loaded.model, loaded.tokenizer
+    lossy, skipped = precisions()
+    app = SamplingConfig(max_new_tokens=tokens, stop_at_eot=False, seed=0, top_candidates=10)
+    entrants = {}
+    for precision in ["float32", *lossy, "auto"]:
+        decoding_model(model, precision)
+        entrants[f"{precision}, as the app runs it"] = lambda p=precision: ours(model, tokenizer,
+                                                                                app.replace(precision=p))
+    entrants["float32, no stage view"] = lambda: ours(model, tokenizer, app.replace(top_candidates=0))
+    for run in entrants.values():
+        run()
+    c = model.config
+    report(f"shipped model {DEFAULT_RUN.name} ({c.n_layer} layers x {c.n_embd}, vocabulary {c.vocab_size:,}, "
+           f"context {c.context_length}): temperature 0.8, {tokens} tokens, stage view of 10 candidates",
+           race(entrants, repeats), tokens, "float32, as the app runs it")
+    val = validation_tokens(tokenizer)
+    base, count = evaluate(model, val, batch_size=8, device=torch.device("cpu"))
+    print(f"  validation loss over {count:,} tokens (last 10% of {CORPUS.name}): float32 {base:.4f} nats/token")
+    for precision in lossy:
+        loss, _ = evaluate(decoding_model(model, precision)[0], val, batch_size=8, device=torch.device("cpu"))
+        print(f"  {precision:>8} weights: {loss:.4f} ({loss - base:+.4f} nats/token, {(loss - base) / base:+.2%})")
+    if skipped:
+        print(f"  {skipped}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="seed", choices=["tiny", "seed", "gpt2"])
+    parser.add_argument("--preset", default="seed", choices=["tiny", "quick-cpu", "seed", "gpt2"])
     parser.add_argument("--tokens", type=int, default=200, help="new tokens per generation")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs each (the best is reported)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds (the best of each is reported)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["compact", "shipped"], help="rows to leave out")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from transformers import GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    model = GPT(GPTConfig.from_preset(args.preset)).eval()
-    room = model.config.context_length - len(gpt2_tokenizer().encode(PROMPT))
+    config = GPTConfig.from_preset(args.preset)
+    room = config.context_length - len(gpt2_tokenizer().encode(PROMPT))
     if args.tokens > room:  # HF GPT-2 cannot go past its context; ours would crop and re-prefill
         print(f"--tokens {args.tokens} lowered to {room} to stay inside the {args.preset} context")
         args.tokens = room
-    with tempfile.TemporaryDirectory() as folder:
-        export_hf(model, folder)
-        hf_model = GPT2LMHeadModel.from_pretrained(folder).eval()
-    hf_model.generation_config.eos_token_id = None  # always generate exactly --tokens tokens
-    model.to(args.device)
-    hf_model.to(args.device)
-
-    ours(model, 8)  # warm-up
-    hugging_face(hf_model, 8, args.device)
-    our_times, hf_times = [], []
-    for _ in range(args.repeats):
-        seconds, our_ids = ours(model, args.tokens)
-        our_times.append(seconds)
-        seconds, hf_ids = hugging_face(hf_model, args.tokens, args.device)
-        hf_times.append(seconds)
-    if our_ids != hf_ids:
-        raise SystemExit("the two generations differ: the weights or the math do not match")
-    our_rate, hf_rate = args.tokens / min(our_times), args.tokens / min(hf_times)
-    print(f"preset {args.preset} ({model.num_parameters():,} parameters), greedy, batch 1, "
-          f"{args.tokens} new tokens after a {len(gpt2_tokenizer().encode(PROMPT))}-token prompt, "
-          f"device {args.device}, torch threads {torch.get_num_threads()}, cores {os.cpu_count()}")
-    print(f"ours (KV cache):          {our_rate:8.1f} tokens/s")
-    print(f"Hugging Face generate:    {hf_rate:8.1f} tokens/s")
-    print(f"ratio ours / HF:          {our_rate / hf_rate:8.2f}x  (identical token ids: yes)")
+    print(f"preset {args.preset} ({config.num_parameters():,} parameters), batch 1, device {args.device}, "
+          f"torch threads {torch.get_num_threads()}, cores {os.cpu_count()}, CPU capability {cpu_capability()}, "
+          f"torch {torch.__version__}")
+    shape_rows(config, args.tokens, args.repeats, args.device, f"{args.preset}, full GPT-2 vocabulary")
+    if "compact" not in args.skip:
+        compact = GPTConfig(**{**config.to_dict(), "vocab_size": COMPACT_VOCAB})
+        shape_rows(compact, args.tokens, args.repeats, args.device,
+                   f"{args.preset}, compact vocabulary of {COMPACT_VOCAB:,}")
+    if "shipped" not in args.skip and args.device == "cpu":
+        shipped_rows(args.tokens, args.repeats)
 
 
 if __name__ == "__main__":

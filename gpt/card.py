@@ -24,12 +24,14 @@ def _table(rows: Iterable[tuple[str, Any]]) -> str:
 
 def _prepare_command(data: DataRef) -> list[str]:
     """The `prepare` command that rebuilds the run's data folder, when its meta.json says enough."""
-    from gpt.data.clean import CleanConfig  # cleaning needs clean-text; only the card's last line uses it
+    from gpt.data.clean import CleanConfig
 
     meta = data.meta
     if not meta.get("inputs") or not data.dir:
         return []
-    command = shlex.join(["python", "-m", "gpt", "prepare", *meta["inputs"], "--out", data.dir])
+    encoding = meta.get("encoding") or "auto"
+    extra = ["--encoding", encoding] if encoding != "auto" else []
+    command = shlex.join(["python", "-m", "gpt", "prepare", *meta["inputs"], *extra, "--out", data.dir])
     if meta.get("cleaning") not in (None, CleanConfig().to_dict()):
         command += f"  # with the cleaning options in {data.dir}/meta.json"
     return [command]

@@ -63,6 +63,9 @@ class TrainConfig:
     log_interval: int = option(10, label="Log every (steps)", help="a train row every N steps", minimum=1)
     log_seconds: float = option(5.0, label="Log every (seconds)", help="also a train row at least this often, so a "
                                 "slow machine still draws points", minimum=0, exclusive_minimum=True)
+    head_scores: bool = option(True, label="Head scores at each evaluation",
+                               help="score every head (previous-token, induction, ...) and the in-context learning "
+                                    "score on a fixed probe at each evaluation (Train tab, Inspect tab)")
     sample_prompt: str = option("The", label="Sample prompt", help="text continued at each evaluation")
     sample_tokens: int = option(64, label="Sample tokens", help="tokens sampled at each evaluation (0 = none)",
                                 minimum=0)

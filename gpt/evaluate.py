@@ -4,6 +4,12 @@ Loss is mean cross-entropy in nats per token; perplexity = exp(loss); bits per b
 (bytes x ln 2), which compares runs across tokenizers and datasets. In-training evaluations score the first
 `eval_batches` batches of the validation split (an estimate, labelled so); the end of a run and the
 `eval` command score the whole split (`scope: "full"`).
+
+A split is scored only when the model can represent every token of it (`check_split_tokens`). A run with a
+compact vocabulary has no rows for GPT-2 tokens outside it: such tokens are refused, with their count,
+rather than scored. Mapping them to <|endoftext|> printed a plausible but wrong loss; spelling them with
+byte tokens would score a tokenization the model never trained on (and a different token count), so
+neither the loss nor the perplexity would compare with the run's own figures.
 """
 
 from __future__ import annotations
@@ -17,9 +23,10 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from gpt.data.folder import iter_eval_batches, load_split, read_meta, token_id_map
+from gpt.data.folder import iter_eval_batches, load_split, read_meta, split_token_counts, token_id_map
 from gpt.errors import UserInputError
 from gpt.model import GPT
+from gpt.tokenizer import GPT2_VOCAB_SIZE, Tokenizer
 
 SCOPES = ("estimate", "full")
 
@@ -30,6 +37,30 @@ def bits_per_byte(loss: float, meta: dict, split: str = "val") -> float | None:
     if not tokens or not size:
         return None
     return loss * tokens / (size * math.log(2))
+
+
+def check_split_tokens(data_dir: str | Path, split: str, tokenizer: Tokenizer | None = None) -> None:
+    """Refuse a split a model cannot score as it is: token ids beyond GPT-2's vocabulary (a damaged or
+    foreign token file), or, given a compact `tokenizer`, tokens outside its vocabulary (with how many)."""
+    tokens = load_split(data_dir, split)
+    largest = int(tokens.max())
+    if largest >= GPT2_VOCAB_SIZE:
+        raise UserInputError(f"{split}.bin in {data_dir} holds token id {largest}, beyond GPT-2's {GPT2_VOCAB_SIZE:,} "
+                             "tokens: the file is damaged or was not written by `python -m gpt prepare`; prepare "
+                             "the dataset again")
+    if tokenizer is None or not tokenizer.is_compact:
+        return
+    counts = split_token_counts(data_dir, split)
+    kept = np.zeros(GPT2_VOCAB_SIZE, dtype=bool)
+    kept[np.asarray(tokenizer.kept_gpt2_ids)] = True
+    outside, total = int(counts[~kept].sum()), int(counts.sum())
+    if outside:
+        kinds = int((counts[~kept] > 0).sum())
+        raise UserInputError(
+            f"{outside:,} of the {total:,} tokens ({outside / total:.1%}, {kinds:,} different ones) of {split}.bin "
+            f"in {data_dir} are not in this run's compact vocabulary of {tokenizer.vocab_size:,} tokens: the model "
+            "has no rows for them, so no loss over this data would be right. Use data made of the run's own "
+            "tokens (the folder it was trained on), or a run trained with --vocab full")
 
 
 @torch.no_grad()
@@ -76,6 +107,7 @@ def evaluate_run(run: str | Path, data_dir: str | Path | None = None, *, batch_s
         raise UserInputError(f"{opened.name} records no data folder: pass --data DIR")
     loaded = opened.load(checkpoint, device=resolve_device(device))
     meta = read_meta(data_dir)
+    check_split_tokens(data_dir, split, loaded.tokenizer)
     tokens = load_split(data_dir, split)
     dev = loaded.model.token_embedding.weight.device
     loss, count = evaluate(loaded.model, tokens, batch_size=batch_size, device=dev,

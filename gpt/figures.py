@@ -923,16 +923,21 @@ def stages_figure(stages: Sequence[Stage], tokenizer: Tokenizer, chosen: int, ti
                            horizontal_spacing=0.16, vertical_spacing=0.5 / rows)
     for index, stage in enumerate(stages):
         row, col = index // STAGE_COLUMNS + 1, index % STAGE_COLUMNS + 1
-        pairs = list(reversed(stage.top))  # the most likely on top
+        pairs = list(stage.top)
         labels = [f"{tokenizer.token_display(t)} ({t})" for t, _ in pairs]
+        if stage.chosen_rank is not None and all(t != chosen for t, _ in pairs):  # drawn from below the top
+            pairs.append((chosen, stage.chosen_probability))
+            labels.append(f"#{stage.chosen_rank:,} {tokenizer.token_display(chosen)} ({chosen})")
+        pairs.reverse()  # the most likely on top
+        labels.reverse()
         colours = [CHOSEN_COLOUR if t == chosen else OTHER_COLOUR for t, _ in pairs]
         figure.add_bar(
             x=[p for _, p in pairs], y=labels, orientation="h", marker_color=colours, showlegend=False,
             hovertemplate="%{y}: %{x:.2%}<extra>" + html.escape(stage.name) + "</extra>", row=row, col=col)
-        figure.update_xaxes(range=[0, max([p for _, p in pairs] + [1e-9]) * 1.1], tickformat=".0%", row=row,
-                            col=col)
+        figure.update_xaxes(range=[0, max([p for _, p in pairs] + [1e-9]) * 1.1], tickformat=".2~p", nticks=4,
+                            row=row, col=col)
         figure.update_yaxes(tickfont={"family": "monospace", "size": 11}, row=row, col=col)
-    height = rows * (22 * max(len(s.top) for s in stages) + 90) + 60
+    height = rows * (22 * (max(len(s.top) for s in stages) + 1) + 90) + 60
     figure.update_layout(title={"text": title, "x": 0}, height=height, template="plotly_white",
                          margin={"l": 10, "r": 10, "t": 90, "b": 20})
     figure.update_annotations(font_size=11)
@@ -1032,7 +1037,7 @@ def loss_curve_png(rows: Sequence[Mapping], title: str) -> bytes:
     width, height = LOSS_PNG_SIZE[0] * s, LOSS_PNG_SIZE[1] * s
     left, top, right, bottom = (margin * s for margin in _PNG_MARGINS)
     points = [p for values in series.values() for p in values]
-    x_low, x_high = 0.0, max(max(p[0] for p in points), 1.0)
+    x_low, x_high = 0.0, max(max(p[0] for p in points), 1.0) * 1.02  # room for the final evaluation's dot
     y_low, y_high = min(p[1] for p in points), max(p[1] for p in points)
     pad = (y_high - y_low) * 0.05 or 0.5
     y_low, y_high = max(0.0, y_low - pad), y_high + pad

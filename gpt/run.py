@@ -9,9 +9,13 @@ A run folder `checkpoints/<run>/` holds
   the best is the last, see below); `snapshots/step_XXXXXXX.safetensors`: a few checkpoints spread
   across training (for the Inspect tab's "across training" view);
 - `trainer_state.pt`: optimizer, step, random states and counters, loadable with
-  `torch.load(weights_only=True)`; written last of a checkpoint, so its presence marks a complete one;
+  `torch.load(weights_only=True)`. A checkpoint writes it first, then `best.safetensors`, then
+  `model.safetensors` last, so a folder with `model.safetensors` holds a complete checkpoint: only then
+  is it a run (`has_checkpoint`). A start killed before that leaves a folder `create_run` cleans and reuses;
 - `metrics.jsonl`: one JSON object per line (`kind` = train | eval | sample | status | heads, and `step`),
-  appended while training runs and readable at the same time with `read_metrics`;
+  appended while training runs and readable at the same time with `read_metrics` (which parses only what
+  was appended since its last call) and `metrics_summary` (the few rows the runs table needs). A resumed run
+  first cuts it back to the rows of its checkpoint (`truncate_metrics`), so no step is logged twice;
 - `README.md`: a model card (`gpt/card.py`); `train.log`: the output of an app-started job.
 
 Every file is written atomically (a temporary file in the same folder, then `os.replace`), so a crash or a
@@ -32,7 +36,9 @@ import os
 import re
 import shlex
 import tempfile
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -177,22 +183,47 @@ def expected_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
             if name in kept or name not in every}
 
 
-def check_weights_file(path: str | Path, config: GPTConfig) -> None:
-    """Compare a safetensors header with the model `config` describes, before building anything: a file
-    whose tensors do not match (or that is truncated) is refused with the first difference."""
-    path = Path(path)
-    expected = expected_shapes(config)
-    with _open_safetensors(path) as handle:
-        shapes = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
-    for name, shape in shapes.items():
-        if name not in expected and not name.startswith("lm_head."):
-            raise UserInputError(f"{path.name} holds {name!r}, which this model does not have")
-        if name in expected and shape != expected[name]:
-            raise UserInputError(f"{path.name}: {name} has shape {shape}, the model expects {expected[name]}")
+# A safetensors header lists each tensor's name, dtype, shape and offsets: ~100 bytes a tensor, so a few
+# hundred KB for the largest model here. safetensors itself allows 100 MB; a longer one is refused unread.
+MAX_SAFETENSORS_HEADER_BYTES = 4 * 1024**2
+
+
+def safetensors_header_length(head: bytes, name: str) -> int:
+    """The header length a safetensors file's first 8 bytes announce (little-endian u64), refused when it
+    is not plausible: a file of zeros, or a header longer than `MAX_SAFETENSORS_HEADER_BYTES`."""
+    if len(head) < 8:
+        raise UserInputError(f"{name} is not a readable .safetensors file (it is {len(head)} bytes long)")
+    length = int.from_bytes(head[:8], "little")
+    if not 2 <= length <= MAX_SAFETENSORS_HEADER_BYTES:
+        raise UserInputError(f"{name} is not a readable .safetensors file (its header claims {length:,} bytes)")
+    return length
+
+
+def check_shapes(name: str, shapes: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]]) -> None:
+    """Compare the tensor shapes of a weights file called `name` (from its header) with `expected_shapes`
+    of a model: the first difference is a UserInputError."""
+    for tensor, shape in shapes.items():
+        if tensor not in expected and not tensor.startswith("lm_head."):
+            raise UserInputError(f"{name} holds {tensor!r}, which this model does not have")
+        if tensor in expected and shape != expected[tensor]:
+            raise UserInputError(f"{name}: {tensor} has shape {shape}, the model expects {expected[tensor]}")
     missing = sorted(set(expected) - set(shapes))
     if missing:
-        raise UserInputError(f"{path.name} lacks weights for {', '.join(missing[:5])}"
+        raise UserInputError(f"{name} lacks weights for {', '.join(missing[:5])}"
                              + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
+
+
+def check_weights_file(path: str | Path, config: GPTConfig,
+                       expected: dict[str, tuple[int, ...]] | None = None) -> None:
+    """Compare a safetensors header with the model `config` describes, before building anything: a file
+    whose tensors do not match (or that is truncated) is refused with the first difference. `expected`:
+    `expected_shapes(config)` when the caller has it already."""
+    path = Path(path)
+    with open(path, "rb") as handle:
+        safetensors_header_length(handle.read(8), path.name)
+    with _open_safetensors(path) as handle:
+        shapes = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
+    check_shapes(path.name, shapes, expected if expected is not None else expected_shapes(config))
     size = path.stat().st_size
     needed = sum(math.prod(shape) for shape in shapes.values())  # elements; at least one byte each
     if size < needed:
@@ -209,12 +240,28 @@ def save_trainer_state(run_dir: str | Path, state: dict) -> Path:
     return atomic_write(Path(run_dir) / STATE_FILE, lambda tmp: torch.save(state, tmp))
 
 
+# What `Trainer.resume` reads from a trainer state; a file without them is not one.
+STATE_KEYS = ("model", "optimizer", "scaler", "step", "tokens", "elapsed", "best_val_loss", "best_step",
+              "next_snapshot", "torch_rng")
+
+
 def load_trainer_state(run_dir: str | Path) -> dict:
     path = Path(run_dir) / STATE_FILE
     if not path.is_file():
         raise UserInputError(f"{run_dir} has no {STATE_FILE}: it cannot be resumed (was it trained to the end "
                              "and shipped without its trainer state?)")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated, foreign, or holding something weights_only refuses
+        reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        raise UserInputError(f"{STATE_FILE} of {Path(run_dir).name} is damaged and cannot be resumed from ({reason}); "
+                             f"train the run again with --config {Path(run_dir) / CONFIG_FILE} --out NEW_FOLDER"
+                             ) from None
+    missing = [key for key in STATE_KEYS if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise UserInputError(f"{STATE_FILE} of {Path(run_dir).name} is not a trainer state (it lacks "
+                             f"{', '.join(missing)}); it cannot be resumed from")
+    return state
 
 
 # -- metrics --------------------------------------------------------------------------------------
@@ -232,32 +279,204 @@ def append_metrics(run_dir: str | Path, row: dict) -> None:
         handle.flush()
 
 
+# Readers keep what they parsed: rows of at most this many bytes of metrics files in all (the runs being
+# viewed or compared), and summaries of any number of runs (the runs table).
+MAX_CACHED_METRICS_BYTES = 64 * 1024**2
+MAX_CACHED_SUMMARIES = 1024
+# A line longer than this is not a metrics row (an upload's, or a torn write): it is skipped, never held whole.
+MAX_METRICS_LINE_BYTES = 1024**2
+_READ_CHUNK = 1024**2
+# Rows the summary leaves unparsed: frequent (train, phase) or large (sample text, head scores).
+_SKIPPED_KINDS = (b'{"kind": "train"', b'{"kind": "phase"', b'{"kind": "sample"', b'{"kind": "heads"')
+
+
+def _parse_row(line: bytes) -> dict | None:
+    """One metrics line as a row; None for a broken line or anything but a JSON object."""
+    try:
+        row = json.loads(line.decode("utf-8", errors="replace"))
+    except json.JSONDecodeError:
+        return None
+    return row if isinstance(row, dict) else None
+
+
+class _MetricsReader:
+    """What has been read of one metrics.jsonl: only complete lines, and only those appended since the last
+    `update` (keyed by the file's identity, size and modification time). A file that was replaced (another
+    inode) or got shorter is read again from its start."""
+
+    def __init__(self) -> None:
+        self.identity: tuple[int, int] | None = None
+        self.stamp: tuple[int, int] | None = None
+        self.offset = 0  # bytes of complete lines consumed
+        self.reset()
+
+    def reset(self) -> None:
+        self.offset = 0
+
+    def add(self, line: bytes) -> None:
+        raise NotImplementedError
+
+    def update(self, path: Path) -> None:
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            self.identity, self.stamp = None, None
+            self.reset()
+            return
+        identity, stamp = (stat.st_dev, stat.st_ino), (stat.st_size, stat.st_mtime_ns)
+        if (identity, stamp) == (self.identity, self.stamp):
+            return
+        if identity != self.identity or stat.st_size < self.offset:
+            self.reset()
+        self.identity, self.stamp = identity, stamp
+        with open(path, "rb") as handle:
+            handle.seek(self.offset)
+            pending = b""
+            while chunk := handle.read(_READ_CHUNK):
+                data = pending + chunk
+                end = data.rfind(b"\n") + 1
+                for line in data[:end].split(b"\n")[:-1]:
+                    if len(line) <= MAX_METRICS_LINE_BYTES:
+                        self.add(line)
+                self.offset += end
+                pending = data[end:]
+                if len(pending) > MAX_METRICS_LINE_BYTES:  # no row is this long: skip it (its end parses as broken)
+                    self.offset += len(pending)
+                    pending = b""
+
+
+class _MetricsRows(_MetricsReader):
+    def reset(self) -> None:
+        super().reset()
+        self.rows: list[dict] = []
+
+    def add(self, line: bytes) -> None:
+        row = _parse_row(line)
+        if row is not None:
+            self.rows.append(row)
+
+
+@dataclass(frozen=True)
+class MetricsSummary:
+    """The rows of a run's metrics the runs table and the run's state need: the last status, train and
+    eval rows, the last whole-split evaluation, and the highest step logged (None when absent)."""
+
+    status: dict | None = None
+    train: dict | None = None
+    eval: dict | None = None
+    final_eval: dict | None = None
+    step: int | None = None
+
+
+class _MetricsSummaryReader(_MetricsReader):
+    """Parses only status and eval rows (and the last train row), so a long run's summary costs a scan of
+    its file once and then only what is appended."""
+
+    def reset(self) -> None:
+        super().reset()
+        self.last: dict[str, dict] = {}
+        self.final_eval: dict | None = None
+        self.step: int | None = None
+        self.train_line: bytes | None = None
+
+    def add(self, line: bytes) -> None:
+        if line.startswith(_SKIPPED_KINDS):
+            if line.startswith(_SKIPPED_KINDS[0]):
+                self.train_line = line
+            return
+        row = _parse_row(line)
+        if row is None:
+            return
+        self._count(row)
+        self.last[str(row.get("kind"))] = row
+        if row.get("kind") == "eval" and row.get("scope") == "full":
+            self.final_eval = row
+
+    def _count(self, row: dict) -> None:
+        step = row.get("step")
+        if isinstance(step, int) and (self.step is None or step > self.step):
+            self.step = step
+
+    def summary(self) -> MetricsSummary:
+        train = _parse_row(self.train_line) if self.train_line is not None else None
+        if train is not None:
+            self._count(train)
+            self.last["train"], self.train_line = train, None
+        return MetricsSummary(status=self.last.get("status"), train=self.last.get("train"),
+                              eval=self.last.get("eval"), final_eval=self.final_eval, step=self.step)
+
+
+_metrics_rows: OrderedDict[str, _MetricsRows] = OrderedDict()
+_metrics_summaries: OrderedDict[str, _MetricsSummaryReader] = OrderedDict()
+_metrics_lock = threading.Lock()
+
+
 def read_metrics(run_dir: str | Path, kind: str | None = None) -> list[dict]:
     """All rows of metrics.jsonl (only those of `kind` when given). A partial or broken line is skipped,
-    so this is safe to call while a training process appends."""
+    so this is safe to call while a training process appends; only lines appended since the last call
+    are parsed. The rows are shared between callers: read them, never change them."""
     path = Path(run_dir) / METRICS_FILE
-    if not path.is_file():
-        return []
-    rows = []
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        for line in handle:
-            if not line.endswith("\n"):
-                break
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict) and (kind is None or row.get("kind") == kind):
-                rows.append(row)
-    return rows
+    key = os.path.abspath(path)
+    with _metrics_lock:
+        reader = _metrics_rows.pop(key, None) or _MetricsRows()
+        reader.update(path)
+        _metrics_rows[key] = reader  # most recently used last
+        while len(_metrics_rows) > 1 and sum(r.offset for r in _metrics_rows.values()) > MAX_CACHED_METRICS_BYTES:
+            _metrics_rows.popitem(last=False)
+        rows = reader.rows
+        return list(rows) if kind is None else [row for row in rows if row.get("kind") == kind]
+
+
+def metrics_summary(run_dir: str | Path) -> MetricsSummary:
+    """The last status / train / eval rows, the last whole-split evaluation and the highest step, parsing
+    only status and eval rows once and then only what is appended."""
+    path = Path(run_dir) / METRICS_FILE
+    key = os.path.abspath(path)
+    with _metrics_lock:
+        reader = _metrics_summaries.pop(key, None) or _MetricsSummaryReader()
+        reader.update(path)
+        _metrics_summaries[key] = reader
+        while len(_metrics_summaries) > MAX_CACHED_SUMMARIES:
+            _metrics_summaries.popitem(last=False)
+        return reader.summary()
 
 
 def run_status(run_dir: str | Path) -> dict | None:
     """The last `status` row of a run (status: running | stopped | finished | diverged | failed), or None."""
-    statuses = read_metrics(run_dir, kind="status")
-    return statuses[-1] if statuses else None
+    return metrics_summary(run_dir).status
 
 
+def truncate_metrics(run_dir: str | Path, step: int) -> int:
+    """Cut metrics.jsonl back to the rows of a checkpoint at `step` before a resumed run appends: rows of
+    later steps (logged after the checkpoint by the process that stopped or died) and broken or torn lines
+    go, so no step is logged twice and the next row starts on a line of its own. Returns the rows removed;
+    the file is rewritten (atomically) only when something goes."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return 0
+    removed = 0
+    with open(path, "rb") as handle:
+        for line in handle:
+            row = _parse_row(line) if line.endswith(b"\n") and len(line) <= MAX_METRICS_LINE_BYTES else None
+            if row is None or _after(row, step):
+                removed += 1
+    if removed == 0:
+        return 0
+
+    def write(tmp: Path) -> None:
+        with open(path, "rb") as source, open(tmp, "wb") as sink:
+            for line in source:
+                row = _parse_row(line) if line.endswith(b"\n") and len(line) <= MAX_METRICS_LINE_BYTES else None
+                if row is not None and not _after(row, step):
+                    sink.write(line)
+
+    atomic_write(path, write)
+    return removed
+
+
+def _after(row: dict, step: int) -> bool:
+    value = row.get("step")
+    return isinstance(value, int | float) and value > step
 
 
 # -- the config file ------------------------------------------------------------------------------
@@ -360,8 +579,10 @@ def create_run(run_dir: str | Path, config: RunConfig) -> Path:
         raise UserInputError(f"{run_dir} already holds a run: resume it with --resume {run_dir}, "
                              "or choose another --out")
     run_dir.mkdir(parents=True, exist_ok=True)
-    for leftover in (METRICS_FILE, CARD_FILE):
+    for leftover in (METRICS_FILE, CARD_FILE, STATE_FILE, BEST_FILE):  # of a start killed mid-checkpoint
         (run_dir / leftover).unlink(missing_ok=True)
+    for snapshot in (run_dir / SNAPSHOTS_DIR).glob("step_*.safetensors"):
+        snapshot.unlink(missing_ok=True)
     remove_temporary_files(run_dir)
     if config.command is None and config.train is not None:
         config.command = train_command(run_dir, config)
@@ -375,7 +596,8 @@ def log_path(run_dir: str | Path) -> Path:
 
 
 def has_checkpoint(run_dir: str | Path) -> bool:
-    """Whether a complete checkpoint exists (weights; the trainer state is written after them)."""
+    """Whether a complete checkpoint exists: model.safetensors is written last of a checkpoint (after the
+    trainer state and best.safetensors), so a folder counts as a run only once it has one."""
     return (Path(run_dir) / LAST_FILE).is_file()
 
 
@@ -491,8 +713,11 @@ class Run:
 
     def checkpoints(self) -> list[CheckpointInfo]:
         """Snapshots in step order, then `best` (when stored apart from the last), then `last`."""
-        infos = [CheckpointInfo(f"snapshot:{checkpoint_step(p)}", checkpoint_step(p), p)
-                 for p in sorted((self.dir / SNAPSHOTS_DIR).glob("step_*.safetensors"))]
+        infos = []
+        for path in (self.dir / SNAPSHOTS_DIR).glob("step_*.safetensors"):
+            step = path.stem.removeprefix("step_")  # the step is in the name (`snapshot_path`): no file is opened
+            if step.isdigit():
+                infos.append(CheckpointInfo(f"snapshot:{int(step)}", int(step), path))
         infos.sort(key=lambda info: info.step)
         for name, file in (("best", BEST_FILE), ("last", LAST_FILE)):
             if (self.dir / file).is_file():

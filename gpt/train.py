@@ -22,6 +22,8 @@ evaluation in `gpt/evaluate.py`, the run folder in `gpt/run.py`. The rows of `me
     eval:   step, tokens, val_loss (nats/token), perplexity, bits_per_byte, eval_tokens, elapsed, best,
             scope ("estimate": the first `eval_batches` batches; "full": the whole split, at the end)
     sample: step, prompt, text
+    heads:  step, per-head scores (layer x head lists) and the in-context learning score on a fixed probe
+            (`gpt.inspection.score_probe`), at each evaluation when `head_scores` is on
     status: step, status (running | stopped | finished | diverged | failed), message, elapsed
 Resuming on the same device with dropout 0 reproduces the losses of an uninterrupted run exactly on CPU:
 the trainer state holds the fp32 weights, optimizer moments, step, counters and random states, and batches
@@ -49,7 +51,8 @@ from gpt import run as runs
 from gpt.config import TrainConfig
 from gpt.data.folder import get_batch, load_split, read_meta, token_id_map
 from gpt.errors import UserInputError
-from gpt.evaluate import bits_per_byte, evaluate
+from gpt.evaluate import bits_per_byte, check_split_tokens, evaluate
+from gpt.inspection import Probe, probe_for_run, score_probe
 from gpt.model import GPT, GPTConfig
 from gpt.optim import configure_optimizers, cosine_lr
 from gpt.plan import planned_steps
@@ -62,9 +65,17 @@ from gpt.vocab import tokenizer_for
 
 STATUSES = ("running", "stopped", "finished", "diverged", "failed")
 DIVERGED_HINT = "lower the learning rate (e.g. halve --learning-rate), or use bf16 instead of fp16"
+# An evaluation this many nats above the best one so far (20x the perplexity) means the run diverged,
+# even while the numbers stay finite; a healthy run's estimates move by tenths of a nat.
+DIVERGED_EVAL_MARGIN = 3.0
 # The end of a run scores the whole validation split when it is at most this many tokens (seconds on a
 # CPU for the bundled corpus); a larger split is scored on its first this-many tokens and labelled so.
 FINAL_EVAL_MAX_TOKENS = 2_000_000
+
+
+class _Divergence(Exception):
+    """Raised inside the loop when the loss, the gradient, the weights or an evaluation went bad; `run`
+    turns it into the `diverged` status. Every process raises it at the same step."""
 
 
 @dataclass
@@ -117,6 +128,8 @@ class Trainer:
         self.meta = read_meta(self.data_dir)
         self.train_tokens = load_split(self.data_dir, "train")
         self.val_tokens = load_split(self.data_dir, "val")
+        for split in ("train", "val"):  # ids the model can represent, before a compact vocabulary is made
+            check_split_tokens(self.data_dir, split, tokenizer)
         self.tokenizer = tokenizer or tokenizer_for(train_config.vocab, self.data_dir)
         if model_config.vocab_size != self.tokenizer.vocab_size:
             model_config = GPTConfig.from_dict({**model_config.to_dict(), "vocab_size": self.tokenizer.vocab_size})
@@ -147,7 +160,10 @@ class Trainer:
                 runs.create_run(self.run_dir, self.run_config)
             else:
                 runs.remove_temporary_files(self.run_dir)
+                runs.truncate_metrics(self.run_dir, int(_state["step"]))  # no step is logged twice
                 self.run_config.write(self.run_dir)
+        if _state is not None:
+            self.step = int(_state["step"])
         self._phase("building the model")
 
         # Model, optimizer and state.
@@ -156,7 +172,12 @@ class Trainer:
         self.best_val_loss, self.best_step = math.inf, -1
         self.next_snapshot = 0
         if _state is not None:
-            self.model.load_state_dict(_state["model"])
+            try:
+                self.model.load_state_dict(_state["model"])
+            except RuntimeError as error:
+                raise UserInputError(f"{runs.STATE_FILE} of {self.run_dir.name} does not match its config.json "
+                                     f"({str(error).splitlines()[0][:200]})") from None
+        self._saved_step = int(_state["step"]) if _state is not None else -1  # the last checkpoint written
         self.model.to(self.device)
         # Muon's orthogonalisation follows the run's precision decision: bf16 only where it is fast.
         ortho = torch.bfloat16 if self.device.type == "cuda" else low_precision_dtype(self.precision)
@@ -180,6 +201,7 @@ class Trainer:
         self._last_grad_norm = 0.0
         self._last_eval_step = -1
         self._last_log_time = time.perf_counter()
+        self.probe = self._make_probe() if self.dist.is_main and train_config.head_scores else None
         if self.dist.is_main:
             self._ensure_best_file()
 
@@ -220,6 +242,15 @@ class Trainer:
         return cls(config.model, train_config, data_dir or config.data.dir, opened.dir, tokenizer=config.tokenizer,
                    command=config.command, preset=config.preset, on_row=on_row, on_zerogpu=on_zerogpu,
                    _state=state)
+
+    def _make_probe(self) -> Probe | None:
+        """The fixed head-score probe of this run (drawn from its seed, so a resumed run scores the same
+        inputs); None, with a note, where the model or the data cannot take one."""
+        try:
+            return probe_for_run(self.run_config)
+        except UserInputError as error:
+            self.notes.append(f"no head scores: {error}")
+            return None
 
     def _check_data_fits(self) -> None:
         context, batch = self.model_config.context_length, self.split.batch_size
@@ -325,7 +356,7 @@ class Trainer:
                 loss = self._train_step()
                 step_seconds = time.perf_counter() - clock
                 if not math.isfinite(loss):
-                    return self._diverge(loss)
+                    raise _Divergence(f"loss became {loss} at step {self.step + 1}")
                 self.step += 1
                 burst_steps += 1
                 self.tokens += self.tokens_per_step
@@ -342,6 +373,8 @@ class Trainer:
                     self._evaluate_and_save()
                     clock = time.perf_counter()  # evaluation and saving are not training time
                 self._maybe_snapshot()  # (the last step's evaluation is the whole-split one of `_end`)
+        except _Divergence as divergence:
+            return self._diverge(str(divergence))
         except torch.OutOfMemoryError:
             message = (f"out of GPU memory at batch_size {self.split.batch_size} x context_length "
                        f"{self.model_config.context_length}: lower --batch-size (raise --grad-accum-steps to keep "
@@ -486,13 +519,30 @@ class Trainer:
         self._emit(row)
 
     def _evaluate_and_save(self, final: bool = False) -> None:
-        """Validation loss, a sample, and the last (and maybe best) checkpoint. Rank 0 only.
+        """Validation loss, a sample, and the last (and maybe best) checkpoint; raises `_Divergence` (on every
+        process) when the evaluation is NaN/inf or far above the best, before sampling or saving anything.
         `final`: score the whole validation split (up to FINAL_EVAL_MAX_TOKENS) instead of an estimate."""
         if self._last_eval_step == self.step and not final:
             return
         self._last_eval_step = self.step
+        problem = self._evaluate(final) if self.dist.is_main else ""
+        if self.dist.enabled:  # rank 0 evaluates; every rank must stop together
+            flag = torch.tensor([float(bool(problem))], device=self.device)
+            dist.broadcast(flag, src=0)
+            problem = problem or ("the evaluation on rank 0 went bad" if flag.item() else "")
+        if problem:
+            raise _Divergence(problem)
+        self._check_weights()
         if not self.dist.is_main:
             return
+        if self.probe is not None:
+            self._emit({**score_probe(self.model, self.probe), "step": self.step})
+        self._sample()
+        self._save(best=self.best_step == self.step)
+        self._phase("training")
+
+    def _evaluate(self, final: bool) -> str:
+        """Rank 0: the eval row; returns what is wrong with it ("" when it is healthy)."""
         self._phase("evaluating")
         batch = self.split.batch_size
         if final:
@@ -504,15 +554,27 @@ class Trainer:
             max_batches, scope = self.config.eval_batches, "estimate" if self.config.eval_batches else "full"
         loss, count = evaluate(self.model, self.val_tokens, batch_size=batch, device=self.device,
                                max_batches=max_batches, id_map=self.id_map, autocast=self._autocast)
-        improved = loss < self.best_val_loss
+        problem = ""
+        if not math.isfinite(loss):
+            problem = f"the validation loss became {loss} at step {self.step}"
+        elif loss > self.best_val_loss + DIVERGED_EVAL_MARGIN:
+            problem = (f"the validation loss rose to {loss:.4f} at step {self.step}, more than "
+                       f"{DIVERGED_EVAL_MARGIN:g} nats above the best ({self.best_val_loss:.4f} at step "
+                       f"{self.best_step})")
+        improved = not problem and loss < self.best_val_loss
         if improved:
             self.best_val_loss, self.best_step = loss, self.step
         self._emit({"kind": "eval", "step": self.step, "tokens": self.tokens, "val_loss": loss,
                     "perplexity": math.exp(min(loss, 700.0)), "bits_per_byte": bits_per_byte(loss, self.meta),
                     "eval_tokens": count, "elapsed": round(self.elapsed, 3), "best": improved, "scope": scope})
-        self._sample()
-        self._save(best=improved)
-        self._phase("training")
+        return problem
+
+    def _check_weights(self) -> None:
+        """Raise `_Divergence` when a weight is NaN or inf (checked before every save; the same on every
+        process, whose weights are equal)."""
+        finite = torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all()
+        if not bool(finite):
+            raise _Divergence(f"the weights hold NaN or inf values at step {self.step}")
 
     def _sample(self) -> None:
         if self.config.sample_tokens == 0:
@@ -537,23 +599,33 @@ class Trainer:
         return state
 
     def _save(self, best: bool = False) -> None:
-        """Write model.safetensors (+ best.safetensors) and trainer_state.pt, each atomically. Rank 0 only."""
+        """Write trainer_state.pt, then best.safetensors (when `best`), then model.safetensors, each
+        atomically: model.safetensors last, so its presence marks a complete checkpoint. Rank 0 only;
+        callers check the weights first (`_check_weights`)."""
         if not self.dist.is_main:
             return
         dtype = self.config.save_dtype
-        runs.save_weights(self.model, self.run_dir / runs.LAST_FILE, step=self.step, dtype=dtype)
+        runs.save_trainer_state(self.run_dir, self.state_dict())
         if best:
             runs.save_weights(self.model, self.run_dir / runs.BEST_FILE, step=self.step, dtype=dtype)
-        runs.save_trainer_state(self.run_dir, self.state_dict())
+        runs.save_weights(self.model, self.run_dir / runs.LAST_FILE, step=self.step, dtype=dtype)
+        self._saved_step = self.step
 
     def save(self) -> None:
-        """Save a checkpoint now (e.g. at the end of a burst)."""
+        """Save a checkpoint now (e.g. at the end of a burst); a run whose weights went bad is marked
+        diverged instead, keeping its last good checkpoint."""
+        try:
+            self._check_weights()
+        except _Divergence as divergence:
+            self._diverge(str(divergence))
+            return
         self._save()
 
     def _maybe_snapshot(self) -> None:
         """Snapshot k of `snapshots` when the run is k/snapshots of the way through (step 0 is the first)."""
         n = self.config.snapshots
         while self.next_snapshot < n and self._progress() >= self.next_snapshot / n:
+            self._check_weights()
             if self.dist.is_main:
                 runs.save_weights(self.model, runs.snapshot_path(self.run_dir, self.step), step=self.step,
                                   dtype=self.config.save_dtype)
@@ -570,11 +642,18 @@ class Trainer:
         self._close()
         return status
 
-    def _diverge(self, loss: float) -> str:
-        last_saved = self._last_eval_step
-        message = (f"loss became {loss} at step {self.step + 1}; the last good checkpoint (step {last_saved}) is "
-                   f"kept. Hint: {DIVERGED_HINT}")
-        self._write_status("diverged", message)
+    def _diverge(self, problem: str) -> str:
+        """Mark the run diverged, naming the checkpoint that is kept (written only after a healthy
+        evaluation) and the command that resumes from it."""
+        if self._saved_step >= 0:
+            lower = f"--learning-rate {self.config.learning_rate / 2:g}"
+            if self.config.optimizer == "muon":
+                lower += f" --muon-learning-rate {self.config.muon_learning_rate / 2:g}"
+            kept = (f"the last good checkpoint is kept: {runs.LAST_FILE} and {runs.STATE_FILE} at step "
+                    f"{self._saved_step} (resume from it: python -m gpt train --resume {self.run_dir} {lower})")
+        else:
+            kept = "no checkpoint had been saved yet"
+        self._write_status("diverged", f"{problem}; {kept}. Hint: {DIVERGED_HINT}")
         self._write_card()
         self._close()
         return "diverged"

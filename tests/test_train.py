@@ -48,13 +48,15 @@ def test_training_writes_a_complete_run_folder(data_dir: Path, tmp_path: Path) -
     for name in ("config.json", "model.safetensors", "trainer_state.pt", "metrics.jsonl", "README.md"):
         assert (run / name).is_file(), name
     rows = ckpt.read_metrics(run)
-    assert {row["kind"] for row in rows} == {"phase", "train", "eval", "sample", "status"}
+    assert {row["kind"] for row in rows} == {"phase", "train", "eval", "heads", "sample", "status"}
     for row in rows:
         required = {"train": TRAIN_KEYS, "eval": EVAL_KEYS, "sample": {"prompt", "text"},
-                    "status": {"status", "message"}, "phase": {"phase"}}[row["kind"]]
+                    "status": {"status", "message"}, "phase": {"phase"},
+                "heads": {"induction", "previous_token", "icl_score"}}[row["kind"]]
         assert required <= set(row), row
     assert [r["status"] for r in rows if r["kind"] == "status"] == ["running", "finished"]
     assert [r["step"] for r in rows if r["kind"] == "eval"] == [0, 5, 10, 15]
+    assert [r["step"] for r in rows if r["kind"] == "heads"] == [0, 5, 10, 15]  # scored at each evaluation
     train = ckpt.read_metrics(run, kind="train")
     assert train[-1]["train_loss"] < train[0]["train_loss"] - 0.5
     assert train[-1]["tokens"] == 15 * 4 * 32

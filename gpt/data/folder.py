@@ -82,7 +82,7 @@ def _split_token_counts(data_dir: str, split: str, modified_ns: int) -> np.ndarr
 
 def token_id_map(tokenizer: Tokenizer) -> np.ndarray | None:
     """GPT-2 id -> model id lookup table for a compact vocabulary (None for full GPT-2); ids outside it
-    map to <|endoftext|>."""
+    map to <|endoftext|>, so callers refuse data with such ids first (`gpt.evaluate.check_split_tokens`)."""
     if not tokenizer.is_compact:
         return None
     table = np.full(GPT2_VOCAB_SIZE, tokenizer.eot_id, dtype=np.int64)

@@ -100,8 +100,8 @@ def _train_burst(run_dir: str, seconds: float, stop: bool) -> str:
         trainer.request_stop()
     status = trainer.run(max_seconds=seconds)
     if status == "running":
-        trainer.save()
-    return status
+        trainer.save()  # marks the run diverged instead when its weights went bad
+    return trainer.status
 
 
 train_burst = zerogpu.gpu(_train_burst, duration=BURST_DURATION)

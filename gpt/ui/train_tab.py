@@ -22,12 +22,12 @@ import gradio as gr
 from gpt.config import PRESETS, TrainConfig, default_preset, get_preset, resolve_preset
 from gpt.errors import UserInputError
 from gpt.fields import FieldSpec, field_specs
-from gpt.figures import training_figure
+from gpt.figures import head_scores_over_steps, training_figure
 from gpt.model import GPTConfig
 from gpt.plan import make_plan, planned_steps, training_progress
 from gpt.run import DataRef, Run, RunConfig, read_metrics
 from gpt.runtime import resolve_device
-from gpt.ui import zerogpu
+from gpt.ui import hub_panel, zerogpu
 from gpt.ui.common import BUNDLED_DATASET_NAME, AppDirs, handle_errors, safe_name
 from gpt.ui.datasets import dataset_dir, ensure_bundled_dataset, prepared_datasets
 from gpt.ui.jobs import BURST_DURATION, BURST_SECONDS, JOBS
@@ -195,9 +195,11 @@ def run_progress(run_dir: Path, rows: list[dict]) -> str:
     planned = planned_steps(train, run.config.model, run.config.data.meta.get("train_tokens")) if train else None
     ended = state in ("stopped", "finished", "diverged", "failed", "interrupted")
     head = f"**{run.name}: {state}**" + (f" — {message}" if message and (ended or state == "stopping…") else "")
+    wandb = hub_panel.wandb_markdown(run)
+    wandb = f"\n\n{wandb}" if wandb else ""
     if ended:
-        return head
-    return f"{head} · {training_progress(rows, train, planned).text()}"
+        return head + wandb
+    return f"{head} · {training_progress(rows, train, planned).text()}{wandb}"
 
 
 def latest_sample(rows: list[dict]) -> str:
@@ -221,6 +223,7 @@ class TrainTab:
     stop: gr.Button
     status: gr.Markdown
     plot: gr.Plot
+    heads_plot: gr.Plot
     sample: gr.Textbox
     timer: gr.Timer
     viewed: gr.State
@@ -234,6 +237,7 @@ class TrainTab:
     zip_file: gr.File
     upload: gr.File
     upload_result: gr.Markdown
+    hub: hub_panel.HubPanel
 
 
 def build(dirs: AppDirs) -> TrainTab:
@@ -268,6 +272,8 @@ def build(dirs: AppDirs) -> TrainTab:
         stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
     status = gr.Markdown("No training job yet.", elem_id="train-status")
     plot = gr.Plot(label="Training curves", elem_id="train-plot")
+    heads_plot = gr.Plot(label="Inside the model: head types and in-context learning, at each evaluation",
+                         elem_id="train-heads-plot")
     sample = gr.Textbox(label="Latest sample (fixed prompt and seed, at each evaluation)", lines=4,
                         interactive=False, elem_id="train-sample")
     timer = gr.Timer(POLL_SECONDS, active=False)
@@ -289,11 +295,13 @@ def build(dirs: AppDirs) -> TrainTab:
             upload = gr.File(label="Upload a run (.zip with config.json and .safetensors weights; no pickles)",
                              file_types=[".zip"], type="filepath", elem_id="train-upload")
             upload_result = gr.Markdown(elem_id="train-upload-result")
+    hub = hub_panel.build(dirs)
     return TrainTab(preset=preset, preset_note=preset_note, dataset=dataset, run_name=run_name,
                     fields=[components[name] for name in FIELD_NAMES], summary=summary, start=start, stop=stop,
-                    status=status, plot=plot, sample=sample, timer=timer, viewed=viewed, seen=seen, table=table,
+                    status=status, plot=plot, heads_plot=heads_plot, sample=sample, timer=timer, viewed=viewed,
+                    seen=seen, table=table,
                     refresh=refresh, compare=compare, compare_plot=compare_plot, download_run=download_run,
-                    download=download, zip_file=zip_file, upload=upload, upload_result=upload_result)
+                    download=download, zip_file=zip_file, upload=upload, upload_result=upload_result, hub=hub)
 
 
 # -- events -----------------------------------------------------------------------------------------
@@ -352,18 +360,21 @@ def wire(dirs: AppDirs, tab: TrainTab, demo: gr.Blocks) -> None:
         if job is not None and (job.is_running() or not run_dir):
             run_dir = str(job.run_dir)
         if not run_dir:
-            return run_dir, last_seen, gr.skip(), gr.skip(), gr.skip(), gr.Timer(active=False), gr.skip()
+            return run_dir, last_seen, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.Timer(active=False), gr.skip()
         path = Path(run_dir)
         metrics = path / "metrics.jsonl"
         running = job is not None and job.run_dir.resolve() == path.resolve() and job.is_running()
         signature = [run_dir, metrics.stat().st_size if metrics.is_file() else 0, running,
                      job.stop_requested if job else False, int(time.time()) // 5 if running else 0]
         if signature == last_seen:
-            return run_dir, last_seen, gr.skip(), gr.skip(), gr.skip(), gr.Timer(active=running), gr.skip()
+            return (run_dir, last_seen, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.Timer(active=running),
+                    gr.skip())
         rows = read_metrics(path)
         figure = training_figure({path.name: rows}) if rows else None
+        heads = [row for row in rows if row.get("kind") == "heads"]
+        heads_figure = head_scores_over_steps(heads) if heads else gr.skip()
         table_update = gr.skip() if running else runs_table(dirs)  # a job just ended: its row changed
-        return (run_dir, signature, run_progress(path, rows), figure, latest_sample(rows),
+        return (run_dir, signature, run_progress(path, rows), figure, latest_sample(rows), heads_figure,
                 gr.Timer(active=running), table_update)
 
     @handle_errors
@@ -415,7 +426,7 @@ def wire(dirs: AppDirs, tab: TrainTab, demo: gr.Blocks) -> None:
                     concurrency_limit=1, concurrency_id="train-start", api_visibility="private")
     gr.api(start_training, api_name="start_training", concurrency_limit=1, concurrency_id="train-start")
     tab.stop.click(stop_training, None, [tab.status, tab.timer], api_name="stop_training")
-    poll_outputs = [tab.viewed, tab.seen, tab.status, tab.plot, tab.sample, tab.timer, tab.table]
+    poll_outputs = [tab.viewed, tab.seen, tab.status, tab.plot, tab.sample, tab.heads_plot, tab.timer, tab.table]
     tab.timer.tick(poll, [tab.viewed, tab.seen], poll_outputs, api_name="poll", show_progress="hidden",
                    concurrency_limit=None)
     demo.load(poll, [tab.viewed, tab.seen], poll_outputs, api_visibility="private")
@@ -428,3 +439,4 @@ def wire(dirs: AppDirs, tab: TrainTab, demo: gr.Blocks) -> None:
     tab.compare.change(overlay, tab.compare, tab.compare_plot, api_name="compare_runs")
     tab.download.click(make_zip, tab.download_run, tab.zip_file, api_name="download_run")
     tab.upload.upload(receive, tab.upload, [tab.upload_result, *runs_outputs], api_name="upload_run")
+    hub_panel.wire(dirs, tab.hub)
