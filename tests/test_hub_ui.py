@@ -57,3 +57,34 @@ def test_push_without_a_token_or_with_bad_input_says_what_to_fix(client: Client,
         client.predict("tiny-random", "not a repo", False, "", api_name="/push_to_hub")
     with pytest.raises(Exception, match="unknown run 'etc'"):
         client.predict("/etc", "someone/x", False, "", api_name="/push_to_hub")
+
+
+def test_on_a_space_the_panel_says_local_runs_vanish_and_opens(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    import gradio as gr
+
+    from gpt.ui import hub_panel
+    from gpt.ui.common import AppDirs
+
+    monkeypatch.setattr(hub_panel, "ON_SPACE", True)
+    with gr.Blocks() as demo:
+        panel = hub_panel.build(AppDirs(data=tmp_path / "data", runs=tmp_path / "runs"))
+    notes = [block for block in demo.blocks.values() if getattr(block, "elem_id", None) == "hub-space-note"]
+    assert notes and "vanish when the Space restarts" in notes[0].value
+    accordion = next(block for block in demo.blocks.values() if getattr(block, "elem_id", None) == "hub-panel")
+    assert accordion.open and panel.token.type == "password"
+
+
+@pytest.mark.browser
+def test_push_panel_in_the_browser(page, artifacts, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    page.get_by_role("tab", name="Train").click()
+    page.locator("#hub-panel").get_by_text("Push to Hub: share a run").click()
+    token = page.locator("#hub-token input, #hub-token textarea").first
+    assert token.get_attribute("type") == "password"
+    page.locator("#hub-repo textarea, #hub-repo input").first.fill("someone/tiny-random")
+    token.fill(FAKE_TOKEN)
+    page.locator("#hub-push").click()
+    page.get_by_text("the Hugging Face Hub is off here").first.wait_for()
+    assert FAKE_TOKEN not in page.content()  # the password field's value is a property, not in the markup
+    page.locator("#hub-panel").scroll_into_view_if_needed()
+    page.screenshot(path=str(artifacts / "train-push-to-hub.png"), full_page=True)
