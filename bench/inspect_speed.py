@@ -3,10 +3,11 @@ trainer's head probe.
 
 1. A random model of the `seed` shape (6 layers x 8 heads x 384, context 256, full GPT-2 vocabulary) in an
    app runs folder, and a text of exactly 128 tokens. New: `gpt.ui.inspect_tab.inspect_text` (the /inspect
-   endpoint: every view, the head-type scores of the checkpoint included; first call and warm calls) and
-   `embedding_views` (chained after it). Old: the same views as the app built them before this change
-   (attention grid as one plotly subplot per head, `gpt/inspection.py` from `--old-rev`, loaded from git),
-   side by side in the same process. Sizes are the JSON the components send (`postprocess` + json.dumps).
+   endpoint: every view but the logit lens, the head-type scores of the checkpoint included; first call
+   and warm calls), then `logit_lens_view` and `embedding_views`, which the page chains after it. Old: the
+   same views as the app built them before this change (`gpt/inspection.py` from `--old-rev`, loaded from
+   git: the attention grid as one plotly subplot per head), side by side in the same process. Sizes are
+   the JSON the components send (`postprocess` + json.dumps).
 2. The head probe (`gpt.inspection.score_probe`) against a training step of the `quick-cpu` shape (4 x 4 x
    192, context 128, compact vocabulary of 11,900 tokens, batch 8, its optimizers in fp32): the share of
    training time that scoring the probe at every evaluation (every `eval_interval` = 100 steps) costs.
@@ -71,17 +72,25 @@ def sent_bytes(values: list) -> int:
     return len(json.dumps(sent, default=str))
 
 
-def timed(function, repeats: int) -> tuple[float, float, object]:
-    """(first call seconds, median of the next `repeats` calls, last result)."""
-    start = time.perf_counter()
-    result = function()
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
+class Timing:
+    """Wall-clock seconds of a first call and the median of warm calls, and the CPU seconds (all threads) of
+    the warm calls: on a shared machine the CPU time shows the work even when other jobs slow the clock
+    (with 2 threads the wall time on an idle machine lies between cpu / 2 and cpu)."""
+
+    def __init__(self, function, repeats: int) -> None:
         start = time.perf_counter()
-        result = function()
-        times.append(time.perf_counter() - start)
-    return first, statistics.median(times), result
+        self.result = function()
+        self.first = time.perf_counter() - start
+        walls, cpus = [], []
+        for _ in range(repeats):
+            start, cpu = time.perf_counter(), time.process_time()
+            self.result = function()
+            walls.append(time.perf_counter() - start)
+            cpus.append(time.process_time() - cpu)
+        self.warm, self.cpu = statistics.median(walls), statistics.median(cpus)
+
+    def __str__(self) -> str:
+        return f"first {self.first:6.2f} s, warm {self.warm:6.2f} s ({self.cpu:5.2f} CPU s)"
 
 
 def old_inspection(rev: str):
@@ -121,23 +130,26 @@ def inspect_bench(repeats: int, old_rev: str) -> None:
     text = text_of(TOKENS)
     print(f"seed shape ({model_config.n_layer} layers x {model_config.n_head} heads x {model_config.n_embd}, "
           f"vocabulary {model_config.vocab_size:,}), a text of {TOKENS} tokens:")
-    first, warm, outputs = timed(lambda: inspect_tab.inspect_text(dirs, "seed-random", "last", text), repeats)
-    size = sent_bytes(list(outputs))
-    grid = len(json.dumps(outputs[1]))
-    e_first, e_warm, e_outputs = timed(lambda: inspect_tab.embedding_views(dirs, "seed-random", "last"), repeats)
-    e_size = sent_bytes(list(e_outputs))
-    print(f"  new /inspect      first {first:6.2f} s (loads the checkpoint, scores its probe), warm {warm:6.2f} s; "
-          f"sends {size / 1e6:5.2f} MB (attention grid {grid / 1e6:.2f} MB)")
-    print(f"  new /embeddings   first {e_first:6.2f} s, warm {e_warm:6.2f} s; sends {e_size / 1e6:5.2f} MB")
-    print(f"  new, one text     warm {warm + e_warm:6.2f} s, {(size + e_size) / 1e6:5.2f} MB")
+    new = Timing(lambda: inspect_tab.inspect_text(dirs, "seed-random", "last", text), repeats)
+    lens = Timing(lambda: inspect_tab.logit_lens_view(dirs, "seed-random", "last", text), repeats)
+    embeddings = Timing(lambda: inspect_tab.embedding_views(dirs, "seed-random", "last"), repeats)
+    sizes = [sent_bytes(list(timing.result)) for timing in (new, lens, embeddings)]
+    grid = len(json.dumps(new.result[1]))
+    print(f"  new /inspect      {new}; sends {sizes[0] / 1e6:5.2f} MB (attention grid {grid / 1e6:.2f} MB); the "
+          "first call loads the checkpoint and scores its probe")
+    print(f"  new /logit_lens   {lens}; sends {sizes[1] / 1e6:5.2f} MB")
+    print(f"  new /embeddings   {embeddings}; sends {sizes[2] / 1e6:5.2f} MB")
+    warm, cpu = new.warm + lens.warm + embeddings.warm, new.cpu + lens.cpu + embeddings.cpu
+    print(f"  new, one text     warm {warm:6.2f} s ({cpu:5.2f} CPU s), {sum(sizes) / 1e6:5.2f} MB (the three, chained)")
     old = old_inspection(old_rev)
     if old is not None:
         loaded = inspect_tab.load_picked(dirs, "seed-random", "last")
-        o_first, o_warm, o_outputs = timed(lambda: old_handler(old, loaded, text), repeats)
-        o_size = sent_bytes(o_outputs)
-        o_grid = sent_bytes([o_outputs[1]])
-        print(f"  old /inspect ({old_rev})  warm {o_warm:6.2f} s; sends {o_size / 1e6:5.2f} MB (attention grid "
-              f"{o_grid / 1e6:.2f} MB)   [new: {o_warm / warm:.1f}x faster, {o_size / size:.1f}x smaller]")
+        before = Timing(lambda: old_handler(old, loaded, text), repeats)
+        old_size, old_grid = sent_bytes(before.result), sent_bytes([before.result[1]])
+        print(f"  old /inspect ({old_rev}) {before}; sends {old_size / 1e6:5.2f} MB (attention grid "
+              f"{old_grid / 1e6:.2f} MB)")
+        print(f"  old /inspect over new /inspect: {before.cpu / new.cpu:.1f}x the CPU time, "
+              f"{old_size / sizes[0]:.1f}x the bytes")
 
 
 def probe_bench(repeats: int) -> None:
@@ -161,14 +173,14 @@ def probe_bench(repeats: int) -> None:
     probe = inspection.make_probe(C, range(COMPACT_VOCAB - 1), COMPACT_VOCAB - 1, seed=1,
                                   text_tokens=rng.integers(0, COMPACT_VOCAB - 1, 40_000))
     step()  # warm-up
-    _, step_seconds, _ = timed(step, repeats)
+    step_seconds = Timing(step, repeats).cpu
     model.train()
-    _, probe_seconds, _ = timed(lambda: inspection.score_probe(model, probe), repeats)
+    probe_seconds = Timing(lambda: inspection.score_probe(model, probe), repeats).cpu
     share = probe_seconds / (train_config.eval_interval * step_seconds + probe_seconds)
     print(f"quick-cpu shape ({model_config.n_layer} x {model_config.n_head} x {model_config.n_embd}, context {C}, "
           f"vocabulary {COMPACT_VOCAB:,}, batch {B}, {train_config.optimizer} in fp32):")
-    print(f"  training step {step_seconds:.3f} s; head probe ({len(probe.repeated)} x {probe.repeated.shape[1]} "
-          f"repeated tokens + {len(probe.text)} windows of {C + 1}) {probe_seconds:.3f} s = "
+    print(f"  training step {step_seconds:.3f} CPU s; head probe ({len(probe.repeated)} x {probe.repeated.shape[1]} "
+          f"repeated tokens + {len(probe.text)} windows of {C + 1}) {probe_seconds:.3f} CPU s = "
           f"{probe_seconds / step_seconds:.2f} steps")
     print(f"  at every evaluation (every {train_config.eval_interval} steps): {share:.2%} of training time")
 

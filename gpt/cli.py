@@ -354,7 +354,7 @@ def _add_export(subparsers: argparse._SubParsersAction) -> None:
     imp.add_argument("hf_dir", metavar="HF_DIR", help="folder with config.json + model.safetensors (GPT-2), a Hub id "
                                                       "(gpt2, OWNER/NAME), or a repository pushed by `push`")
     imp.add_argument("--out", required=True, metavar="RUN", help="run folder to create, e.g. checkpoints/gpt2")
-    imp.add_argument("--overwrite", action="store_true", help="replace an existing run folder's weights")
+    imp.add_argument("--overwrite", action="store_true", help="replace the run folder at --out")
     imp.set_defaults(func=_run_import_hf)
 
 

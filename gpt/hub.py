@@ -115,11 +115,15 @@ def _check_reachable(action: str) -> None:
         raise UserInputError(f"cannot {action}: the Hugging Face Hub is unreachable ({reason}); nothing was sent")
 
 
-def _token(token: str | None) -> str:
-    """The token given, else the one huggingface_hub finds (HF_TOKEN, then the `hf auth login` file)."""
+def _token(token: str | None, server_token: bool = True) -> str:
+    """The token given, else (with `server_token`) the one huggingface_hub finds (HF_TOKEN, then the
+    `hf auth login` file)."""
     from huggingface_hub import get_token
 
-    token = (token or "").strip() or get_token()
+    token = (token or "").strip() or (get_token() if server_token else None)
+    if not token and not server_token:
+        raise UserInputError("paste your own Hugging Face token with write access: on a Space the server's token "
+                             "is never used for a visitor's push", field="token")
     if not token:
         raise UserInputError("pushing needs a Hugging Face token with write access: set HF_TOKEN, or log in with "
                              "`hf auth login` (in the app: paste one into the token field)", field="token")
@@ -295,6 +299,7 @@ class PushResult:
 
 
 def push(run: Run, repo_id: str, *, private: bool = False, checkpoint: str = "last", token: str | None = None,
+         server_token: bool = True,
          license: str = DEFAULT_LICENSE, progress: Progress | None = None) -> PushResult:
     """Upload `run` to the Hub model repository `repo_id` (created when missing, `private` then) in one commit."""
     from huggingface_hub import HfApi
@@ -309,7 +314,7 @@ def push(run: Run, repo_id: str, *, private: bool = False, checkpoint: str = "la
         raise UserInputError(f"{run.name} has no {checkpoint} checkpoint yet ({weights.name} is missing)",
                              field="checkpoint")
     _check_offline(f"push to {repo_id}")
-    token = _token(token)
+    token = _token(token, server_token)
     _check_reachable(f"push to {repo_id}")
     api = HfApi()
     report(0.05, "checking the token")

@@ -175,7 +175,7 @@ class AttentionMaps:
 def compute_attention(model: GPT, tokenizer: Tokenizer, text: str, max_tokens: int = MAX_TOKENS) -> AttentionMaps:
     """Every layer's attention probabilities for `text` (at most `max_tokens` tokens, and the context length)."""
     encoded = encode_text(tokenizer, text, token_cap(model, max_tokens))
-    with _evaluating(model):
+    with _evaluating(model), _lm_head_only_at(model, [0]):  # the logits are not needed here
         idx = torch.tensor([encoded.ids], dtype=torch.long, device=_device(model))
         _, attentions = model.forward_with_attention(idx)
         probs = torch.stack([a[0] for a in attentions]).float().cpu().numpy()  # (L, H, T, T)
@@ -511,11 +511,12 @@ def logit_lens(model: GPT, tokenizer: Tokenizer, text: str, max_tokens: int = MA
     """The logit lens of `text` (at most `max_tokens` tokens): see `LogitLens`."""
     encoded, idx = _scored_inputs(model, tokenizer, text, max_tokens)
     with _evaluating(model):
-        _, residuals = _residual_stream(model, idx)
+        output, residuals = _residual_stream(model, idx)
         targets = torch.tensor(encoded.ids, device=idx.device)[:, None]  # (T, 1)
         tops, top_probs, true_probs, true_ranks = [], [], [], []
-        for residual in residuals:
-            logits = model.lm_head(model.final_norm(residual))[0].float()  # (T, V), as the model computes it
+        for layer, residual in enumerate(residuals):
+            last = layer == len(residuals) - 1  # after the last block: the model's own logits
+            logits = (output if last else model.lm_head(model.final_norm(residual)))[0].float()  # (T, V)
             normaliser = torch.logsumexp(logits, dim=-1, keepdim=True)
             true_logit = logits.gather(1, targets)
             best = logits.max(dim=-1, keepdim=True)

@@ -14,6 +14,13 @@ length, vocabulary size. Presets (shape + recipe) are in `gpt/config.py`; `GPTCo
 Attention runs through `F.scaled_dot_product_attention`. `GPT.forward_with_attention` takes an explicit
 path (softmax(QK^T / sqrt(d)) V written out) that also returns every layer's attention probabilities.
 
+Loss without logits (training): `model(idx, targets, return_logits=False)` returns `(None, loss)` and never
+holds the whole (B*T, vocab_size) logits or their gradient: `chunked_cross_entropy` computes the LM head and
+the cross-entropy a block of rows at a time (with the full GPT-2 vocabulary, 8 x 128 tokens, each of those
+tensors is 206 MB in fp32). With gradients on, each block's gradients are computed right away in the forward
+pass (as Liger-Kernel's fused linear cross-entropy does), so the three LM-head matmuls are done once each and
+nothing is recomputed. Same loss and gradients as `F.cross_entropy(lm_head(x))` within float rounding.
+
 KV cache (generation):
     cache = model.new_cache(batch_size=1)          # KVCache: per-layer K/V buffers of context_length slots
     logits = model.forward_cached(idx, cache)      # idx (B, T) continues the cached sequence;
@@ -44,6 +51,9 @@ NORMS = ("layernorm", "rmsnorm")
 NORM_EPS = 1e-5
 ROPE_BASE = 10000.0
 INIT_STD = 0.02
+# Rows of logits `chunked_cross_entropy` holds at once: at most this many bytes of fp32 logits per block.
+LOSS_CHUNK_BYTES = 64 * 2**20
+IGNORE_INDEX = -1  # targets equal to this are left out of the loss
 
 
 @dataclass
@@ -292,6 +302,86 @@ class Block(nn.Module):
         return x, probs
 
 
+# -- the loss without the whole logits -------------------------------------------------------------------
+def loss_chunks(rows: int, vocab_size: int) -> list[slice]:
+    """Row blocks of at most `LOSS_CHUNK_BYTES` of fp32 logits each (at least one row per block)."""
+    size = max(1, LOSS_CHUNK_BYTES // (4 * vocab_size))
+    return [slice(start, min(start + size, rows)) for start in range(0, rows, size)]
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of the logits `hidden @ weight.T` against `targets`, one block of rows at a time.
+
+    hidden (N, C), weight (V, C), targets (N,) with `IGNORE_INDEX` for rows to leave out. With gradients on,
+    the forward pass also computes them: per block, d loss / d logits = softmax - one_hot (up to the 1/count
+    of the mean), then the two matmuls that carry it to hidden and weight; the block's logits are dropped
+    before the next. Backward only scales those sums by grad_output / count. Under autocast the matmuls run
+    in the autocast dtype and the softmax in fp32, as autocast runs `F.cross_entropy(F.linear(...))`.
+    One backward pass per forward: the buffers are handed to autograd (no `retain_graph`).
+    """
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        device_type = hidden.device.type
+        autocast = torch.is_autocast_enabled(device_type)
+        dtype = torch.get_autocast_dtype(device_type) if autocast else hidden.dtype
+        want_hidden, want_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        with torch.autocast(device_type, enabled=False):
+            hidden_c, weight_c = hidden.to(dtype), weight.to(dtype)  # (N, C), (V, C); no copy when same dtype
+            valid = targets != IGNORE_INDEX  # (N,)
+            count = valid.sum().to(torch.float32)
+            keep = valid.to(dtype)[:, None]  # (N, 1): 1, or 0 where the target is ignored
+            safe_targets = torch.where(valid, targets, 0)[:, None]  # (N, 1)
+            total = torch.zeros((), device=hidden.device, dtype=torch.float32)
+            grad_hidden = torch.empty_like(hidden_c) if want_hidden else None
+            grad_weight = None
+            for rows in loss_chunks(hidden.size(0), weight.size(0)):
+                log_probs = torch.log_softmax((hidden_c[rows] @ weight_c.t()).float(), dim=1)  # (n, V) fp32
+                picked = log_probs.gather(1, safe_targets[rows])  # (n, 1)
+                total -= torch.where(valid[rows, None], picked, 0.0).sum()
+                if not (want_hidden or want_weight):
+                    continue
+                grad_logits = log_probs.exp_()  # softmax, in place
+                grad_logits.scatter_add_(1, safe_targets[rows], torch.full_like(picked, -1.0))  # - one_hot
+                grad_logits = grad_logits.to(dtype)  # (n, V); ignored rows are zeroed on the small operands
+                if want_hidden:
+                    block_hidden = grad_hidden[rows]
+                    torch.mm(grad_logits, weight_c, out=block_hidden)  # (n, C)
+                    block_hidden.mul_(keep[rows])
+                if want_weight:
+                    block = grad_logits.t() @ (hidden_c[rows] * keep[rows])  # (V, C)
+                    grad_weight = block.float() if grad_weight is None else grad_weight.add_(block)
+        ctx.grads = (grad_hidden, grad_weight, count)
+        ctx.dtypes = (hidden.dtype, weight.dtype)
+        return total / count
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+        if ctx.grads is None:
+            raise RuntimeError("LinearCrossEntropy supports one backward pass per forward (no retain_graph)")
+        grad_hidden, grad_weight, count = ctx.grads
+        ctx.grads = None  # autograd can take these buffers over instead of copying them
+        scale = grad_output / count
+        if grad_hidden is not None:
+            grad_hidden = grad_hidden.mul_(scale).to(ctx.dtypes[0])
+        if grad_weight is not None:
+            grad_weight = grad_weight.mul_(scale).to(ctx.dtypes[1])
+        return grad_hidden, grad_weight, None
+
+
+def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy (nats/token) of the logits `hidden @ weight.T` against `targets`, never holding
+    more than one block of logits (`loss_chunks`). hidden (N, C), weight (V, C), targets (N,) with
+    `IGNORE_INDEX` ignored; NaN when every target is ignored, as `F.cross_entropy`.
+
+    Under fp16 autocast (CUDA, with a gradient scaler) it is the plain path: the fused gradients would be
+    rounded to fp16 before the scaler's factor reaches them."""
+    device_type = hidden.device.type
+    if torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) == torch.float16:
+        return F.cross_entropy(F.linear(hidden, weight).float(), targets, ignore_index=IGNORE_INDEX)
+    return LinearCrossEntropy.apply(hidden, weight, targets)
+
+
 class KVCache:
     """Keys and values of every layer for a batch of sequences, preallocated to `context_length` slots.
 
@@ -360,6 +450,7 @@ class GPT(nn.Module):
     def _run_blocks(
         self, idx: torch.Tensor, return_attention: bool
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The final-normed hidden states (B, T, C) of idx (B, T), and the attention probabilities."""
         x = self._embed(idx, 0)  # (B, T, C)
         rope = self.rotary(0, idx.size(1)) if self.rotary is not None else None
         attentions = []
@@ -367,22 +458,27 @@ class GPT(nn.Module):
             x, probs = block(x, rope, return_attention=return_attention)
             if probs is not None:
                 attentions.append(probs)
-        return self.lm_head(self.final_norm(x)), attentions  # (B, T, vocab_size)
+        return self.final_norm(x), attentions
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, return_logits: bool = True
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """idx (B, T) int64 -> logits (B, T, V); with targets (B, T) also the mean cross-entropy
-        (targets equal to -1 are ignored)."""
-        logits, _ = self._run_blocks(idx, return_attention=False)
+        (targets equal to -1 are ignored). `return_logits=False` (with targets; for training) returns
+        `(None, loss)` by `chunked_cross_entropy`, which never holds the whole logits or their gradient."""
+        x, _ = self._run_blocks(idx, return_attention=False)  # (B, T, C)
+        if targets is not None and not return_logits:
+            return None, chunked_cross_entropy(x.view(-1, x.size(-1)), self.lm_head.weight, targets.reshape(-1))
+        logits = self.lm_head(x)  # (B, T, V)
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX)
         return logits, loss
 
     def forward_with_attention(self, idx: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Logits (B, T, V) and, per layer, the attention probabilities (B, n_head, T, T) (explicit path)."""
-        return self._run_blocks(idx, return_attention=True)
+        x, attentions = self._run_blocks(idx, return_attention=True)
+        return self.lm_head(x), attentions
 
     # -- generation with a KV cache -------------------------------------------------------------------
     def new_cache(self, batch_size: int = 1) -> KVCache:

@@ -253,7 +253,7 @@ def load_trainer_state(run_dir: str | Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated, foreign, or holding something weights_only refuses
-        reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        reason = str(error).split(". ")[0].splitlines()[0][:200] if str(error) else type(error).__name__
         raise UserInputError(f"{STATE_FILE} of {Path(run_dir).name} is damaged and cannot be resumed from ({reason}); "
                              f"train the run again with --config {Path(run_dir) / CONFIG_FILE} --out NEW_FOLDER"
                              ) from None
@@ -668,6 +668,10 @@ class Run:
     def status(self) -> dict | None:
         """The last status row (status: running | stopped | finished | diverged | failed), or None."""
         return run_status(self.dir)
+
+    def summary(self) -> MetricsSummary:
+        """The last status / train / eval rows and the highest step (`metrics_summary`)."""
+        return metrics_summary(self.dir)
 
     def wandb_link(self) -> tuple[str, str] | None:
         """(label, text) of the W&B run page (or offline folder + `wandb sync` command) of the latest

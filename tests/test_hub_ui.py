@@ -88,3 +88,16 @@ def test_push_panel_in_the_browser(page, artifacts, monkeypatch: pytest.MonkeyPa
     assert FAKE_TOKEN not in page.content()  # the password field's value is a property, not in the markup
     page.locator("#hub-panel").scroll_into_view_if_needed()
     page.screenshot(path=str(artifacts / "train-push-to-hub.png"), full_page=True)
+
+
+def test_on_a_space_the_servers_token_never_pushes_for_a_visitor(client: Client, monkeypatch: pytest.MonkeyPatch,
+                                                                 tmp_path) -> None:
+    """A Space owner's HF_TOKEN secret is for the Space, not for whoever opens the page."""
+    from gpt.ui import hub_panel
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    monkeypatch.setattr(hub_panel, "ON_SPACE", True)
+    with pytest.raises(Exception, match="paste your own Hugging Face token") as info:
+        client.predict("tiny-random", "someone/tiny-random", False, "", api_name="/push_to_hub")
+    assert FAKE_TOKEN not in str(info.value)

@@ -42,14 +42,14 @@ def dirs(tmp_path_factory, data_dir) -> AppDirs:
 
 def test_head_scores_of_a_checkpoint_are_the_probes(dirs):
     outputs = inspect_tab.inspect_text(dirs, "with-data", "last", TEXT, 0, 1)
-    stats, scores, views, selection = outputs[4], outputs[11], outputs[12], outputs[13]
+    stats, scores, views, selection = outputs[4], outputs[10], outputs[11], outputs[12]
     loaded = inspect_tab.load_picked(dirs, "with-data", "last")
     expected = inspection.score_probe(loaded.model, inspection.probe_for_run(loaded.config))
     assert stats["induction_score"].tolist() == [round(v, 3) for layer in expected["induction"] for v in layer]
     assert stats["duplicate_token_score"].iloc[1] == round(expected["duplicate_token"][0][1], 3)
     assert "In-context learning score" in scores and f"{expected['icl_score']:+.3f}" in scores
     assert '[data-layer="0"][data-head="1"]' in selection
-    assert set(views) >= {"Head-type scores", "Attention of every head", "Logit lens", "Per-token loss"}
+    assert set(views) >= {"Head-type scores", "Attention of every head", "Per-token loss"}
     again = inspect_tab.checkpoint_scores(loaded)  # computed once per checkpoint file
     assert again is inspect_tab.checkpoint_scores(loaded)
 
@@ -101,7 +101,9 @@ def test_embedding_note_names_runs_never_paths(dirs):
 
 
 def test_download_is_one_self_contained_page(dirs):
-    views = inspect_tab.inspect_text(dirs, "with-data", "last", TEXT)[12]
+    views = inspect_tab.inspect_text(dirs, "with-data", "last", TEXT)[11]
+    lens, views = inspect_tab.logit_lens_view(dirs, "with-data", "last", TEXT, views)
+    assert "Logit lens" in views and lens.data[0].z.shape[0] == 2
     path = Path(inspect_tab.download_views("with-data", "last", views))
     page = path.read_text(encoding="utf-8")
     assert path.name == "inspect-with-data-last.html"

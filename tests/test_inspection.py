@@ -370,7 +370,7 @@ def test_tab_handlers(run_with_snapshots):
 
     dirs, run_dir = run_with_snapshots
     run = run_dir.name
-    (summary, grid, head_map, view, stats, maps, tokens, layers, heads, loss, lens, scores, views,
+    (summary, grid, head_map, view, stats, maps, tokens, layers, heads, loss, scores, views,
      selection) = inspect_tab.inspect_text(dirs, run, "last", TEXT, 1, 2)
     expected = explicit_probs(tiny_model(2), gpt2_tokenizer().encode(TEXT))
     np.testing.assert_array_equal(maps.probs, expected)

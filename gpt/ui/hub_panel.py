@@ -4,7 +4,8 @@ line under a run's status.
 On a Hugging Face Space (env `SPACE_ID`), the runs folder is the Space's local disk, which a restart wipes:
 the panel says so and opens itself. The token field is a password field used for the one push it is typed
 for: the handler passes it to `gpt.hub.push` and puts it in no return value, log line or message (`gpt.hub`
-keeps it out of its errors); blank means the server's HF_TOKEN or `hf auth login`.
+keeps it out of its errors); blank means the server's HF_TOKEN or `hf auth login` — except on a Space, where
+a visitor must paste their own token, so the Space owner's secret can never push for anyone who opens the page.
 
 `build(dirs)` lays out the panel (inside the Train tab's layout), `wire(dirs, panel)` connects it;
 `push_run` and `wandb_markdown` are plain functions, testable without a browser.
@@ -51,6 +52,8 @@ def wandb_markdown(run: Run) -> str:
 
 
 def token_hint() -> str:
+    if ON_SPACE:
+        return "your own token with write access (huggingface.co/settings/tokens); used for this push only"
     if os.environ.get("HF_TOKEN"):
         return "blank: the server's HF_TOKEN is used"
     return "a token with write access, from huggingface.co/settings/tokens; used for this push only, never stored"
@@ -60,7 +63,7 @@ def push_run(dirs: AppDirs, run_name: str | None, repo: str, private: bool, toke
              progress: Callable[[float, str], None] | None = None) -> str:
     """Push a listed run to the Hub; returns the page's message (never the token)."""
     result = hub.push(Run.open(known_run(dirs, run_name)), repo, private=bool(private), token=token or None,
-                      progress=progress)
+                      server_token=not ON_SPACE, progress=progress)
     staged = result.staged
     export = (f"`transformers` loads it: `pipeline(\"text-generation\", model=\"{result.repo_id}\")`" if staged.exported
               else f"no `transformers` export: {staged.export_refusal}")

@@ -1,7 +1,7 @@
 """The Inspect tab: head types, attention, the logit lens, per-token loss and embeddings of any run's checkpoint.
 
 Layout in `build(dirs)`, events in `wire(dirs, tab, demo)`. The handlers are module-level functions of
-values (`inspect_text`, `select_head`, `head_figures`, `replay_training`, `embedding_views`,
+values (`inspect_text`, `logit_lens_view`, `select_head`, `head_figures`, `replay_training`, `embedding_views`,
 `neighbours_table`, `download_views`), the app's folders first, so tests call them without a browser. Every
 number comes from `gpt.inspection` and every figure from `gpt.figures`; the run and checkpoint are resolved
 only through the app's own list of runs (`gpt.ui.picker`), never passed from a dropdown to a loader.
@@ -153,15 +153,14 @@ def select_head(maps: inspection.AttentionMaps | None, layer: int, head: int, to
 
 def inspect_text(dirs: AppDirs, run: str | None, checkpoint: str | None, text: str, layer: int | None = 0,
                  head: int | None = 0):
-    """Every view of `text` through the picked checkpoint: (summary, attention grid, one head, head view,
-    statistics, maps, token choices, layer choices, head choices, per-token view, logit lens, head-type
-    grids, views kept for download, selection outline)."""
+    """Every view of `text` through the picked checkpoint but the logit lens (`logit_lens_view`, chained
+    after it): (summary, attention grid, one head, head view, statistics, maps, token choices, layer
+    choices, head choices, per-token view, head-type grids, views kept for download, selection outline)."""
     if not run:
         raise UserInputError("choose a run first (train one in the Train tab, or use the shipped model)")
     loaded = load_picked(dirs, run, checkpoint)
     maps = inspection.compute_attention(loaded.model, loaded.tokenizer, text)
     losses = inspection.token_losses(loaded.model, loaded.tokenizer, text, top_k=TOP_K)
-    lens = inspection.logit_lens(loaded.model, loaded.tokenizer, text)
     row, notes = checkpoint_scores(loaded)
     layer, head = _valid_index(layer, maps.n_layer), _valid_index(head, maps.n_head)
     head_map, view, _, selection = head_figures(maps, layer, head, ALL_TOKENS)
@@ -176,10 +175,9 @@ def inspect_text(dirs: AppDirs, run: str | None, checkpoint: str | None, text: s
     summary += "".join(f"\n\n⚠ {note}" for note in maps.notes)
     grid = figures.attention_grid_html(maps)
     loss_view = figures.token_loss_html(losses, loaded.tokenizer)
-    lens_figure = figures.logit_lens_figure(lens, loaded.tokenizer)
     scores = _scores_view(row, notes)
     views = {"Head-type scores": scores, "Attention of every head": grid, "Attention of one head": head_map,
-             "Head view": view, "Per-token loss": loss_view, "Logit lens": lens_figure}
+             "Head view": view, "Per-token loss": loss_view}
     return (
         summary,
         grid,
@@ -191,11 +189,19 @@ def inspect_text(dirs: AppDirs, run: str | None, checkpoint: str | None, text: s
         gr.update(choices=_index_choices("layer", maps.n_layer), value=layer),
         gr.update(choices=_index_choices("head", maps.n_head), value=head),
         loss_view,
-        lens_figure,
         scores,
         views,
         selection,
     )
+
+
+def logit_lens_view(dirs: AppDirs, run: str | None, checkpoint: str | None, text: str,
+                    views: dict | None = None):
+    """The logit lens of `text` (one unembedding per layer: the costliest view, so it arrives right after
+    the others) and the views kept for download."""
+    loaded = load_picked(dirs, run, checkpoint)
+    figure = figures.logit_lens_figure(inspection.logit_lens(loaded.model, loaded.tokenizer, text), loaded.tokenizer)
+    return figure, {**(views or {}), "Logit lens": figure}
 
 
 def replay_training(dirs: AppDirs, run: str | None, text: str, layer: int | None, head: int | None,
@@ -419,10 +425,13 @@ def wire(dirs: AppDirs, tab: InspectTab, demo: gr.Blocks) -> None:
         bound(inspect_text),
         [run, checkpoint, tab.text, tab.layer, tab.head],
         [tab.summary, tab.grid, tab.head_map, tab.head_view, tab.stats, tab.maps, tab.token, tab.layer, tab.head,
-         tab.loss_html, tab.lens, tab.scores, tab.views, tab.selection],
+         tab.loss_html, tab.scores, tab.views, tab.selection],
         api_name="inspect",
         concurrency_id="inspect",
-    ).then(bound(embedding_views), embed_inputs, embed_outputs, api_name="embeddings", concurrency_id="inspect")
+    ).success(
+        bound(logit_lens_view), [run, checkpoint, tab.text, tab.views], [tab.lens, tab.views], api_name="logit_lens",
+        concurrency_id="inspect",
+    ).success(bound(embedding_views), embed_inputs, embed_outputs, api_name="embeddings", concurrency_id="inspect")
     figure_outputs = [tab.head_map, tab.head_view, tab.views, tab.selection]
     gr.on([tab.layer.input, tab.head.input, tab.token.input], handle_errors(head_figures),
           [tab.maps, tab.layer, tab.head, tab.token, tab.views], figure_outputs, api_name="head",

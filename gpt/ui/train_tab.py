@@ -31,7 +31,8 @@ from gpt.ui import hub_panel, zerogpu
 from gpt.ui.common import BUNDLED_DATASET_NAME, AppDirs, handle_errors, safe_name
 from gpt.ui.datasets import dataset_dir, ensure_bundled_dataset, prepared_datasets
 from gpt.ui.jobs import BURST_DURATION, BURST_SECONDS, JOBS
-from gpt.ui.runs import export_run_zip, import_run_zip, known_run, run_choices, run_state, runs_table
+from gpt.ui.runs import (export_run_zip, import_run_zip, known_run, run_choices, run_state_and_message,
+                         runs_table)
 from gpt.vocab import tokenizer_for
 
 POLL_SECONDS = 1.0
@@ -181,14 +182,10 @@ def run_progress(run_dir: Path, rows: list[dict]) -> str:
         run = Run.open(run_dir)
     except UserInputError:
         return f"**{run_dir.name}: starting** (python -m gpt train --config …)"
-    status = run.status() or {}
-    state, message = run_state(run), status.get("message", "")
+    state, message = run_state_and_message(run)  # the runs table's rule: the same state in both places
     if is_job and job.is_running() and job.stop_requested:
         state = "stopping…"
         message = "finishing the current step, then the final evaluation and checkpoint"
-    elif is_job and not job.is_running() and job.returncode() not in (0, None) and state in ("running", "new",
-                                                                                              "interrupted"):
-        state, message = "failed", job.last_error()
     elif state == "new" and is_job:
         state = "starting"
     train = run.config.train
