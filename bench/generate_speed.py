@@ -5,8 +5,8 @@ A model of the chosen preset shape gets random weights, is exported with `gpt.hf
 (one run of each per round, the best round reported), so machine noise hits both alike. Rows:
 
 - greedy: HF against ours in float32 (token ids checked identical: the exact path) and ours with int8 /
-  bfloat16 weights (bfloat16 only where the CPU has native bf16, `gpt.runtime.cpu_has_native_bf16`) and
-  `auto` (what it picks here); for the lossy ones, how many of the greedy tokens match float32;
+  bfloat16 weights (bfloat16 only where the CPU has native bf16, `gpt.runtime.cpu_has_native_bf16`); for
+  those, how many of the greedy tokens match float32; and what `auto` picks here, and why;
 - sampled (temperature 0.8, top-k 50, top-p 0.95): HF's warpers (a full sort per token) against our chain;
 - the same shape with a compact vocabulary (11,900 tokens, the size of the shipped model's corpus);
 - the shipped model (checkpoints/shakespeare-5min) as the app runs it (stage view on), and the change in
@@ -106,7 +106,7 @@ def precisions() -> tuple[list[str], str]:
     return (["int8", "bfloat16"] if native else ["int8"]), ("" if native else f"bfloat16 skipped: {evidence}")
 
 
-def shape_rows(config: GPTConfig, tokens: int, repeats: int, device: str, label: str) -> None:
+def shape_rows(config: GPTConfig, tokens: int, repeats: int, device: str, label: str, sampled: bool) -> None:
     torch.manual_seed(0)
     model = GPT(config).eval().to(device)
     tokenizer = gpt2_tokenizer() if config.vocab_size == gpt2_tokenizer().vocab_size else \
@@ -114,35 +114,33 @@ def shape_rows(config: GPTConfig, tokens: int, repeats: int, device: str, label:
     prompt_ids = tokenizer.encode(PROMPT)
     hf_model = hf_twin(model, device)
     lossy, skipped = precisions() if device == "cpu" else ([], "")
+    _, auto, why = decoding_model(model, "auto")  # measured once here, outside the timing
     greedy = SamplingConfig(temperature=0, max_new_tokens=tokens, stop_at_eot=False)
-    for precision in [*lossy, "auto"]:  # prepare the copies (and the auto measurement) outside the timing
-        decoding_model(model, precision)
-    _, auto, why = decoding_model(model, "auto")
-    entrants = {"Hugging Face generate (float32)": lambda: hugging_face(hf_model, prompt_ids, tokens, False, device),
-                "ours, float32": lambda: ours(model, tokenizer, greedy)}
+    hf = "Hugging Face generate (float32)"
+    entrants = {hf: lambda n=tokens: hugging_face(hf_model, prompt_ids, n, False, device),
+                "ours, float32": lambda n=tokens: ours(model, tokenizer, greedy.replace(max_new_tokens=n))}
     for precision in lossy:
-        entrants[f"ours, {precision} weights"] = lambda p=precision: ours(model, tokenizer, greedy.replace(precision=p))
-    entrants[f"ours, auto (-> {auto})"] = lambda: ours(model, tokenizer, greedy.replace(precision="auto"))
-    for run in entrants.values():  # warm-up
-        run()
+        entrants[f"ours, {precision} weights"] = lambda n=tokens, p=precision: ours(
+            model, tokenizer, greedy.replace(max_new_tokens=n, precision=p))
+    for run in entrants.values():
+        run(8)  # warm-up (and the int8 / bf16 copies made)
     results = race(entrants, repeats)
-    exact = results["ours, float32"][1] == results["Hugging Face generate (float32)"][1]
-    if not exact:
+    if results["ours, float32"][1] != results[hf][1]:
         raise SystemExit("float32 generations differ from Hugging Face: the weights or the math do not match")
     reference = results["ours, float32"][1]
     notes = {"ours, float32": "token ids identical to Hugging Face: yes"}
     notes.update({name: agreement(ids, reference) for name, (_, ids) in results.items()
                   if name.startswith("ours, ") and name != "ours, float32"})
-    report(f"{label}: greedy, {tokens} tokens after a {len(prompt_ids)}-token prompt", results, tokens,
-           "Hugging Face generate (float32)", notes)
-    print(f"  auto: {why}" + (f"; {skipped}" if skipped else ""))
-
-    sampled = SamplingConfig(**SAMPLED, max_new_tokens=tokens, stop_at_eot=False, seed=0)
-    entrants = {"Hugging Face generate (float32)": lambda: hugging_face(hf_model, prompt_ids, tokens, True, device),
-                "ours, float32": lambda: ours(model, tokenizer, sampled),
-                f"ours, auto (-> {auto})": lambda: ours(model, tokenizer, sampled.replace(precision="auto"))}
-    report(f"{label}: sampled (temperature 0.8, top-k 50, top-p 0.95)", race(entrants, repeats), tokens,
-           "Hugging Face generate (float32)")
+    report(f"{label}: greedy, {tokens} tokens after a {len(prompt_ids)}-token prompt", results, tokens, hf, notes)
+    print(f"  auto picks {auto}: {why}" + (f"; {skipped}" if skipped else ""))
+    if not sampled:
+        return
+    chain = SamplingConfig(**SAMPLED, max_new_tokens=tokens, stop_at_eot=False, seed=0)
+    entrants = {hf: lambda: hugging_face(hf_model, prompt_ids, tokens, True, device),
+                "ours, float32": lambda: ours(model, tokenizer, chain)}
+    for precision in lossy[:1]:
+        entrants[f"ours, {precision} weights"] = lambda p=precision: ours(model, tokenizer, chain.replace(precision=p))
+    report(f"{label}: sampled (temperature 0.8, top-k 50, top-p 0.95)", race(entrants, repeats), tokens, hf)
 
 
 def validation_tokens(tokenizer: Tokenizer) -> np.ndarray:
@@ -158,18 +156,17 @@ def shipped_rows(tokens: int, repeats: int) -> None:
     model, tokenizer = loaded.model, loaded.tokenizer
     lossy, skipped = precisions()
     app = SamplingConfig(max_new_tokens=tokens, stop_at_eot=False, seed=0, top_candidates=10)
-    entrants = {}
-    for precision in ["float32", *lossy, "auto"]:
-        decoding_model(model, precision)
-        entrants[f"{precision}, as the app runs it"] = lambda p=precision: ours(model, tokenizer,
-                                                                                app.replace(precision=p))
+    entrants = {f"{precision}, as the app runs it": lambda p=precision: ours(model, tokenizer, app.replace(precision=p))
+                for precision in ["float32", *lossy[:1]]}
     entrants["float32, no stage view"] = lambda: ours(model, tokenizer, app.replace(top_candidates=0))
-    for run in entrants.values():
-        run()
+    for precision in lossy:
+        decoding_model(model, precision)
+    _, auto, why = decoding_model(model, "auto")
     c = model.config
     report(f"shipped model {DEFAULT_RUN.name} ({c.n_layer} layers x {c.n_embd}, vocabulary {c.vocab_size:,}, "
            f"context {c.context_length}): temperature 0.8, {tokens} tokens, stage view of 10 candidates",
            race(entrants, repeats), tokens, "float32, as the app runs it")
+    print(f"  auto picks {auto}: {why}")
     val = validation_tokens(tokenizer)
     base, count = evaluate(model, val, batch_size=8, device=torch.device("cpu"))
     print(f"  validation loss over {count:,} tokens (last 10% of {CORPUS.name}): float32 {base:.4f} nats/token")
@@ -199,11 +196,11 @@ def main() -> None:
     print(f"preset {args.preset} ({config.num_parameters():,} parameters), batch 1, device {args.device}, "
           f"torch threads {torch.get_num_threads()}, cores {os.cpu_count()}, CPU capability {cpu_capability()}, "
           f"torch {torch.__version__}")
-    shape_rows(config, args.tokens, args.repeats, args.device, f"{args.preset}, full GPT-2 vocabulary")
+    shape_rows(config, args.tokens, args.repeats, args.device, f"{args.preset}, full GPT-2 vocabulary", True)
     if "compact" not in args.skip:
         compact = GPTConfig(**{**config.to_dict(), "vocab_size": COMPACT_VOCAB})
         shape_rows(compact, args.tokens, args.repeats, args.device,
-                   f"{args.preset}, compact vocabulary of {COMPACT_VOCAB:,}")
+                   f"{args.preset}, compact vocabulary of {COMPACT_VOCAB:,}", False)
     if "shipped" not in args.skip and args.device == "cpu":
         shipped_rows(args.tokens, args.repeats)
 

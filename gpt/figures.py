@@ -29,7 +29,6 @@ from gpt.inspection import (
     AttentionMaps,
     LogitLens,
     TokenLosses,
-    alternative_label,
     attention_matrix,
     check_index,
     embedding_projection,
@@ -344,7 +343,7 @@ def _attention_heatmap(matrix: np.ndarray, labels: Sequence[str]) -> go.Heatmap:
     hover = [[f"query {i} {labels[i]} → key {j} {labels[j]}" if j <= i else "" for j in range(T)] for i in range(T)]
     return go.Heatmap(
         z=matrix,
-        text=hover,
+        text=np.array(hover, dtype=object),  # an object array is taken as it is (a list is checked cell by cell)
         hovertemplate="%{text}<br>weight %{z:.4f}<extra></extra>",
         colorscale=ATTENTION_COLORSCALE,
         zmin=0.0,
@@ -410,21 +409,9 @@ def head_view_figure(
                 showlegend=False,
             )
         )
-    highlight = [selected] if selected is not None else []
-    left_colors = ["#d62728" if i in highlight else "#222222" for i in range(T)]
-    fig.add_trace(
-        go.Scatter(
-            x=[0.0] * T,
-            y=[-i for i in range(T)],
-            mode="text",
-            text=labels,
-            textposition="middle left",
-            textfont={"color": left_colors, "size": 12},
-            hovertext=[f"query {i}: {labels[i]}" for i in range(T)],
-            hoverinfo="text",
-            showlegend=False,
-        )
-    )
+    left_colors = ["#d62728" if i == selected else "#222222" for i in range(T)]
+    fig.add_trace(_token_column(0.0, labels, "middle left", [f"query {i}: {labels[i]}" for i in range(T)],
+                                left_colors))
     if selected is None:
         right_hover = [f"key {j}: {labels[j]}" for j in range(T)]
     else:
@@ -433,19 +420,7 @@ def head_view_figure(
             else f"{labels[j]} ({j}): in the future of {labels[selected]}"
             for j in range(T)
         ]
-    fig.add_trace(
-        go.Scatter(
-            x=[1.0] * T,
-            y=[-j for j in range(T)],
-            mode="text",
-            text=labels,
-            textposition="middle right",
-            textfont={"size": 12},
-            hovertext=right_hover,
-            hoverinfo="text",
-            showlegend=False,
-        )
-    )
+    fig.add_trace(_token_column(1.0, labels, "middle right", right_hover, ["#222222"] * T))
     fig.update_xaxes(visible=False, range=[-0.6, 1.6])
     fig.update_yaxes(visible=False, range=[-T + 0.3, 0.7])
     title = f"Head view: {describe_selection(layer, head)}"
@@ -461,6 +436,14 @@ def head_view_figure(
         hoverlabel={"font": {"size": 13}},
     )
     return fig
+
+
+def _token_column(x: float, labels: Sequence[str], position: str, hover: Sequence[str],
+                  colours: Sequence[str]) -> go.Scatter:
+    """One side of the head view: the tokens top to bottom at `x`, with their hover text."""
+    return go.Scatter(x=[x] * len(labels), y=[-i for i in range(len(labels))], mode="text", text=list(labels),
+                      textposition=position, textfont={"color": list(colours), "size": 12}, hovertext=list(hover),
+                      hoverinfo="text", showlegend=False)
 
 
 def _step_slider(steps: Sequence[int]) -> dict:
@@ -784,26 +767,24 @@ def token_loss_html(result: TokenLosses, tokenizer: Tokenizer) -> str:
 LENS_FLOOR = 1e-5  # the logit lens colours log10 p of the true token from this probability up
 
 
-def logit_lens_figure(lens: LogitLens, tokenizer: Tokenizer) -> go.Figure:
+def logit_lens_figure(lens: LogitLens) -> go.Figure:
     """Position (columns) x layer (rows) heatmap of the logit lens: colour = log10 probability of the actual
     next token after each layer; hover: the top prediction there, its probability, and the actual token's
     probability and rank. Short texts also print the top prediction in each cell."""
     L, T = lens.true_probs.shape
-    labels = lens.labels
-    tops = [[alternative_label(tokenizer, lens.ids[:t], int(lens.top_ids[layer, t])) for t in range(T)]
-            for layer in range(L)]
+    labels, tops = lens.labels, lens.top_labels
     hover = [[f"position {t} → {labels[t]}<br>after layer {layer + 1}: top {tops[layer][t]} "
               f"({_percent(lens.top_probs[layer, t])})<br>{labels[t]}: p = {_percent(lens.true_probs[layer, t])}, "
               f"rank {int(lens.true_ranks[layer, t]):,}" for t in range(T)] for layer in range(L)]
     z = np.log10(np.clip(lens.true_probs, LENS_FLOOR, 1.0)).astype(np.float32)
     heatmap = go.Heatmap(
-        z=z, x=list(range(T)), y=[f"layer {layer + 1}" for layer in range(L)], customdata=hover,
+        z=z, x=list(range(T)), y=[f"layer {layer + 1}" for layer in range(L)], customdata=np.array(hover, dtype=object),
         hovertemplate="%{customdata}<extra></extra>", colorscale="Viridis", zmin=math.log10(LENS_FLOOR), zmax=0.0,
         colorbar={"title": "p(actual)", "tickvals": [-5, -4, -3, -2, -1, 0],
                   "ticktext": ["≤1e-5", "1e-4", "0.001", "0.01", "0.1", "1"]},
     )
     if T <= 40:
-        heatmap.update(text=tops, texttemplate="%{text}", textfont={"size": 10})
+        heatmap.update(text=np.array(tops, dtype=object), texttemplate="%{text}", textfont={"size": 10})
     fig = go.Figure(heatmap)
     fig.update_xaxes(tickmode="array", tickvals=list(range(T)), ticktext=labels, tickangle=-90,
                      tickfont={"size": _tick_font_size(T)}, title="the token to predict (the model has seen the ones "
@@ -816,38 +797,6 @@ def logit_lens_figure(lens: LogitLens, tokenizer: Tokenizer) -> go.Figure:
                "x": 0},
     )
     return fig
-
-
-def candidates_figure(
-    before: Sequence[tuple[str, float]],
-    after: Sequence[tuple[str, float]],
-    chosen: str,
-    title: str,
-) -> go.Figure:
-    """"Why this token?" (Generate): each candidate token's probability from the raw model and after the
-    sampling controls, as horizontal bars."""
-    labels = list(dict.fromkeys([label for label, _ in before] + [label for label, _ in after]))
-    before_map, after_map = dict(before), dict(after)
-    labels.reverse()  # the most likely candidate on top
-    figure = go.Figure()
-    figure.add_bar(y=labels, x=[before_map.get(label, 0.0) for label in labels], orientation="h",
-                   name="model (temperature 1)", marker_color="#9aa5b1")
-    figure.add_bar(y=[label for label in labels], x=[after_map.get(label, 0.0) for label in labels],
-                   orientation="h", name="after your controls", marker_color="#3b82f6")
-    figure.update_layout(
-        barmode="group",
-        title=title,
-        height=max(260, 34 * len(labels) + 120),
-        margin={"l": 110, "r": 20, "t": 50, "b": 40},
-        xaxis={"title": "probability", "rangemode": "tozero"},
-        yaxis={"tickfont": {"family": "monospace"}},
-        legend={"orientation": "h", "y": -0.2},
-        template="plotly_white",
-    )
-    if chosen in labels:
-        figure.add_annotation(y=chosen, x=max(before_map.get(chosen, 0.0), after_map.get(chosen, 0.0)),
-                              text="  ← chosen", showarrow=False, xanchor="left")
-    return figure
 
 
 def report_html(title: str, views: Mapping[str, go.Figure | str]) -> str:

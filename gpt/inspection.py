@@ -53,15 +53,16 @@ Text always goes through the run's `Tokenizer` (a run may use a compact vocabula
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import time
 import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import torch
 from torch.nn import functional as F
 
@@ -70,6 +71,9 @@ from gpt.errors import UserInputError
 from gpt.model import GPT
 from gpt.run import RunConfig
 from gpt.tokenizer import Tokenizer
+
+if TYPE_CHECKING:  # tables are made where asked for, so the trainer (score_probe) never imports pandas
+    import pandas as pd
 
 MAX_TOKENS = 128  # longest text (in tokens) the attention and loss views take; longer text is cut
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -200,6 +204,8 @@ def head_statistics(maps: AttentionMaps) -> pd.DataFrame:
     """Per head: mean entropy of its attention rows (bits) and the mean share of weight on the previous
     token, the first token and the token itself, over query positions 1..T-1 (position 0 can only attend
     to itself). `pattern` names the dominant behaviour when one share is above one half."""
+    import pandas as pd
+
     if maps.length < 2:
         raise UserInputError("head statistics need a text of at least 2 tokens")
     probs = maps.probs.astype(np.float64)[:, :, 1:, :]  # (L, H, T-1, T): query rows 1..T-1
@@ -426,7 +432,8 @@ def score_probe(model: GPT, probe: Probe) -> dict:
     started = time.perf_counter()
     with _evaluating(model):
         device = _device(model)
-        _, attentions = model.forward_with_attention(torch.as_tensor(probe.repeated, device=device))
+        with _lm_head_only_at(model, [0]):  # attention only: the logits are not needed
+            _, attentions = model.forward_with_attention(torch.as_tensor(probe.repeated, device=device))
         probs = torch.stack(attentions).float()  # (L, B, H, T, T)
         row: dict = {"kind": "heads"}
         for name, make_pattern in PATTERNS.items():
@@ -452,6 +459,8 @@ def score_probe(model: GPT, probe: Probe) -> dict:
 
 def head_scores_table(row: dict) -> pd.DataFrame:
     """One line per head (`layer`, `head`, and the four scores) from a `heads` row."""
+    import pandas as pd
+
     n_layer, n_head = len(row["induction"]), len(row["induction"][0])
     return pd.DataFrame.from_records([
         {"layer": layer, "head": head, **{name: row[name][layer][head] for name in HEAD_SCORES}}
@@ -473,7 +482,8 @@ class LogitLens:
     """What the model would predict if it stopped after each layer (final norm + unembedding applied to the
     residual stream), for a text scored after <|endoftext|> as in training. Arrays are (n_layer, T): after
     layer l the top prediction `top_ids`/`top_probs` and the actual token's `true_probs` and `true_ranks`
-    (1 = the top prediction) at position t, which predicts token t. The last layer is the model's output."""
+    (1 = the top prediction) at position t, which predicts token t; `top_labels[l][t]` the top prediction's
+    label. The last layer is the model's output."""
 
     ids: list[int]
     labels: list[str]
@@ -481,6 +491,7 @@ class LogitLens:
     top_probs: np.ndarray
     true_probs: np.ndarray
     true_ranks: np.ndarray
+    top_labels: list[list[str]] = field(default_factory=list)
     truncated: bool = False
     notes: list[str] = field(default_factory=list)
 
@@ -523,9 +534,12 @@ def logit_lens(model: GPT, tokenizer: Tokenizer, text: str, max_tokens: int = MA
             tops.append(best.indices[:, 0])
             top_probs.append((best.values - normaliser).exp()[:, 0])
             true_probs.append((true_logit - normaliser).exp()[:, 0])
-            true_ranks.append((logits > true_logit).sum(dim=-1) + 1)
-    return LogitLens(encoded.ids, encoded.labels, _layers(tops), _layers(top_probs).astype(np.float64),
-                     _layers(true_probs).astype(np.float64), _layers(true_ranks), encoded.truncated, encoded.notes)
+            true_ranks.append((logits > true_logit).sum(dim=-1, dtype=torch.int32) + 1)  # int32: 3x faster here
+    top_ids = _layers(tops)
+    by_position = candidate_labels(tokenizer, encoded.ids, top_ids.T)  # (T, L)
+    return LogitLens(encoded.ids, encoded.labels, top_ids, _layers(top_probs).astype(np.float64),
+                     _layers(true_probs).astype(np.float64), _layers(true_ranks),
+                     [list(layer) for layer in zip(*by_position, strict=True)], encoded.truncated, encoded.notes)
 
 
 def _layers(per_layer: list[torch.Tensor]) -> np.ndarray:
@@ -647,6 +661,9 @@ def parse_token(tokenizer: Tokenizer, token: str) -> int:
     token = token.replace("␣", " ").replace("↵", "\n")
     if not token:
         raise UserInputError("type a token, e.g. ' the' or '␣the' (a leading space is part of the token), or #id")
+    if len(token) > 128:  # GPT-2's longest token is 128 bytes; the message quotes only the start of longer text
+        raise UserInputError(f"{token[:40]!r}… is {len(token):,} characters, not a token (a token is at most 128 "
+                             "bytes); type a single token, e.g. ' the', or #id")
     if token.startswith("#") and token[1:].isdigit():
         model_id = int(token[1:])
         if model_id >= tokenizer.vocab_size:
@@ -668,6 +685,8 @@ def nearest_neighbours(
 
     With `counts`, only tokens that occur in the training data are candidates (the others were never
     trained as inputs and mostly keep their random initial vectors)."""
+    import pandas as pd
+
     query = parse_token(tokenizer, token)
     weights = torch.from_numpy(token_embeddings(model))
     sims = torch.nn.functional.cosine_similarity(weights, weights[query : query + 1], dim=-1).numpy()
@@ -731,9 +750,27 @@ class TokenLosses:
         )
 
 
-def alternative_label(tokenizer: Tokenizer, before: Sequence[int], model_id: int) -> str:
-    """The label of a candidate token `model_id` that would follow the tokens `before`."""
-    return tokenizer.display_labels([*before[-3:], model_id])[-1]
+def candidate_labels(tokenizer: Tokenizer, ids: Sequence[int], candidates: np.ndarray) -> list[list[str]]:
+    """Display labels of candidate tokens: `candidates[t]` (a row of ids) as they would follow `ids[:t]`.
+    Where the text before position t ends inside a character split across byte tokens, a candidate that
+    completes it shows the whole character (`Tokenizer.display_labels`); elsewhere its own label."""
+    data = tokenizer.decode_bytes(ids)
+    ends = [0, *itertools.accumulate(len(tokenizer.decode_bytes([i])) for i in ids)]
+    plain: dict[int, str] = {}
+
+    def own(model_id: int) -> str:
+        if model_id not in plain:
+            plain[model_id] = tokenizer.token_display(model_id)
+        return plain[model_id]
+
+    labels = []
+    for t, row in enumerate(candidates):
+        if ends[t] < len(data) and data[ends[t]] & 0xC0 == 0x80:  # the text goes on inside a character
+            context = [int(i) for i in ids[max(0, t - 3) : t]]
+            labels.append([tokenizer.display_labels([*context, int(c)])[-1] for c in row])
+        else:
+            labels.append([own(int(c)) for c in row])
+    return labels
 
 
 def token_losses(
@@ -747,7 +784,7 @@ def token_losses(
         log_probs = torch.log_softmax(logits, dim=-1)
         targets = torch.tensor(encoded.ids, device=log_probs.device)[:, None]
         true = log_probs.gather(1, targets)  # (T, 1)
-        ranks = (logits > logits.gather(1, targets)).sum(dim=-1) + 1  # as the logit lens counts them
+        ranks = (logits > logits.gather(1, targets)).sum(dim=-1, dtype=torch.int32) + 1  # as the logit lens does
         top = log_probs.topk(min(top_k, log_probs.size(-1)), dim=-1)
     top_ids = top.indices.cpu().numpy()
     return TokenLosses(
@@ -758,8 +795,7 @@ def token_losses(
         top_probs=top.values.exp().cpu().numpy().astype(np.float64),
         num_bytes=len(tokenizer.decode_bytes(encoded.ids)),
         ranks=ranks.cpu().numpy(),
-        top_labels=[[alternative_label(tokenizer, encoded.ids[:t], int(i)) for i in top_ids[t]]
-                    for t in range(len(encoded.ids))],
+        top_labels=candidate_labels(tokenizer, encoded.ids, top_ids),
         truncated=encoded.truncated,
         notes=encoded.notes,
     )

@@ -51,8 +51,9 @@ NORMS = ("layernorm", "rmsnorm")
 NORM_EPS = 1e-5
 ROPE_BASE = 10000.0
 INIT_STD = 0.02
-# Rows of logits `chunked_cross_entropy` holds at once: at most this many bytes of fp32 logits per block.
-LOSS_CHUNK_BYTES = 64 * 2**20
+# `chunked_cross_entropy` holds at most this many bytes of fp32 logits at once. Smaller blocks cost time
+# on a CPU (each adds a pass over the (V, C) weight gradient and makes the matmuls thinner), so they stay big.
+LOSS_CHUNK_BYTES = 128 * 2**20
 IGNORE_INDEX = -1  # targets equal to this are left out of the loss
 
 
@@ -304,19 +305,21 @@ class Block(nn.Module):
 
 # -- the loss without the whole logits -------------------------------------------------------------------
 def loss_chunks(rows: int, vocab_size: int) -> list[slice]:
-    """Row blocks of at most `LOSS_CHUNK_BYTES` of fp32 logits each (at least one row per block)."""
-    size = max(1, LOSS_CHUNK_BYTES // (4 * vocab_size))
+    """Row blocks of about equal size, each at most `LOSS_CHUNK_BYTES` of fp32 logits (or one row)."""
+    count = max(1, min(rows, math.ceil(4 * rows * vocab_size / LOSS_CHUNK_BYTES)))
+    size = math.ceil(rows / count)
     return [slice(start, min(start + size, rows)) for start in range(0, rows, size)]
 
 
 class LinearCrossEntropy(torch.autograd.Function):
     """Mean cross-entropy of the logits `hidden @ weight.T` against `targets`, one block of rows at a time.
 
-    hidden (N, C), weight (V, C), targets (N,) with `IGNORE_INDEX` for rows to leave out. With gradients on,
-    the forward pass also computes them: per block, d loss / d logits = softmax - one_hot (up to the 1/count
-    of the mean), then the two matmuls that carry it to hidden and weight; the block's logits are dropped
-    before the next. Backward only scales those sums by grad_output / count. Under autocast the matmuls run
-    in the autocast dtype and the softmax in fp32, as autocast runs `F.cross_entropy(F.linear(...))`.
+    hidden (N, C), weight (V, C), targets (N,) with `IGNORE_INDEX` for rows to leave out. The forward pass
+    also computes the gradients: per block, d loss / d logits = softmax - one_hot (up to the 1/count of the
+    mean), turned into the block's logits in place, then the two matmuls that carry it to hidden and
+    weight; the block is dropped before the next. So each of the LM head's three matmuls runs once, as in
+    the plain path, and backward only scales the sums by grad_output / count. Under autocast the matmuls
+    run in the autocast dtype and the softmax in fp32, as autocast runs `F.cross_entropy(F.linear(...))`.
     One backward pass per forward: the buffers are handed to autograd (no `retain_graph`).
     """
 
@@ -339,8 +342,6 @@ class LinearCrossEntropy(torch.autograd.Function):
                 log_probs = torch.log_softmax((hidden_c[rows] @ weight_c.t()).float(), dim=1)  # (n, V) fp32
                 picked = log_probs.gather(1, safe_targets[rows])  # (n, 1)
                 total -= torch.where(valid[rows, None], picked, 0.0).sum()
-                if not (want_hidden or want_weight):
-                    continue
                 grad_logits = log_probs.exp_()  # softmax, in place
                 grad_logits.scatter_add_(1, safe_targets[rows], torch.full_like(picked, -1.0))  # - one_hot
                 grad_logits = grad_logits.to(dtype)  # (n, V); ignored rows are zeroed on the small operands
@@ -349,8 +350,13 @@ class LinearCrossEntropy(torch.autograd.Function):
                     torch.mm(grad_logits, weight_c, out=block_hidden)  # (n, C)
                     block_hidden.mul_(keep[rows])
                 if want_weight:
-                    block = grad_logits.t() @ (hidden_c[rows] * keep[rows])  # (V, C)
-                    grad_weight = block.float() if grad_weight is None else grad_weight.add_(block)
+                    kept = hidden_c[rows] * keep[rows]  # (n, C)
+                    if grad_weight is None:
+                        grad_weight = (grad_logits.t() @ kept).float()  # (V, C)
+                    elif dtype == torch.float32:
+                        grad_weight.addmm_(grad_logits.t(), kept)  # accumulates inside the matmul
+                    else:
+                        grad_weight += grad_logits.t() @ kept  # a low-precision block, summed in fp32
         ctx.grads = (grad_hidden, grad_weight, count)
         ctx.dtypes = (hidden.dtype, weight.dtype)
         return total / count
@@ -374,12 +380,17 @@ def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: t
     more than one block of logits (`loss_chunks`). hidden (N, C), weight (V, C), targets (N,) with
     `IGNORE_INDEX` ignored; NaN when every target is ignored, as `F.cross_entropy`.
 
-    Under fp16 autocast (CUDA, with a gradient scaler) it is the plain path: the fused gradients would be
-    rounded to fp16 before the scaler's factor reaches them."""
+    With gradients wanted it is `LinearCrossEntropy`; without (evaluation) a plain loop over the blocks.
+    Under fp16 autocast (CUDA, with a gradient scaler) it is the whole-logits path: the fused gradients
+    would be rounded to fp16 before the scaler's factor reaches them."""
     device_type = hidden.device.type
     if torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) == torch.float16:
         return F.cross_entropy(F.linear(hidden, weight).float(), targets, ignore_index=IGNORE_INDEX)
-    return LinearCrossEntropy.apply(hidden, weight, targets)
+    if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
+        return LinearCrossEntropy.apply(hidden, weight, targets)
+    total = sum(F.cross_entropy(F.linear(hidden[rows], weight).float(), targets[rows], ignore_index=IGNORE_INDEX,
+                                reduction="sum") for rows in loss_chunks(hidden.size(0), weight.size(0)))
+    return total / (targets != IGNORE_INDEX).sum()
 
 
 class KVCache:

@@ -449,8 +449,9 @@ def run_status(run_dir: str | Path) -> dict | None:
 def truncate_metrics(run_dir: str | Path, step: int) -> int:
     """Cut metrics.jsonl back to the rows of a checkpoint at `step` before a resumed run appends: rows of
     later steps (logged after the checkpoint by the process that stopped or died) and broken or torn lines
-    go, so no step is logged twice and the next row starts on a line of its own. Returns the rows removed;
-    the file is rewritten (atomically) only when something goes."""
+    go, so no step is logged twice and the next row starts on a line of its own. Status rows stay (the
+    run's history: e.g. where it diverged before it was resumed). Returns the rows removed; the file is
+    rewritten (atomically) only when something goes."""
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         return 0
@@ -476,7 +477,7 @@ def truncate_metrics(run_dir: str | Path, step: int) -> int:
 
 def _after(row: dict, step: int) -> bool:
     value = row.get("step")
-    return isinstance(value, int | float) and value > step
+    return row.get("kind") != "status" and isinstance(value, int | float) and value > step
 
 
 # -- the config file ------------------------------------------------------------------------------

@@ -217,6 +217,8 @@ def resolve_precision(requested: str, device: torch.device, use_cache: bool = Tr
     if device.type != "cpu":
         return PrecisionChoice("fp32" if requested == "auto" else requested,
                                f"{'fp32' if requested == 'auto' else requested}: {device.type} default")
+    if requested == "fp32":  # nothing to decide: no calibration run (seconds on a loaded machine)
+        return PrecisionChoice("fp32", "fp32: asked for")
     fast, why = cpu_bf16_decision(use_cache)
     if requested == "auto":
         return PrecisionChoice("bf16" if fast else "fp32", f"{'bf16' if fast else 'fp32'}: {why}")

@@ -428,7 +428,7 @@ class Trainer:
             context = contextlib.nullcontext() if sync else self.train_model.no_sync()
             with context:
                 with self._autocast():
-                    _, loss = self.train_model(x, y)
+                    _, loss = self.train_model(x, y, return_logits=False)
                 loss = loss / accum
                 self.scaler.scale(loss).backward()
             total += loss.detach().float()

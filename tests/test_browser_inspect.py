@@ -23,39 +23,41 @@ HEAD_MAP_TITLE_JS = """() => {
 
 
 @pytest.fixture(scope="module")
-def inspect_app(tmp_path_factory, data_dir):
-    """(url, runs folder) of an app whose only run has two snapshots and real data."""
+def inspect_runs(tmp_path_factory, data_dir):
+    """An app's runs folder whose only run has two snapshots and real data."""
     import torch
 
     from gpt.model import GPT, GPTConfig
     from gpt.run import LAST_FILE, DataRef, RunConfig, create_run, save_weights, snapshot_path
     from gpt.tokenizer import Tokenizer
-    from gpt.ui.app import build_demo
 
-    root = tmp_path_factory.mktemp("inspect-app")
-    run_dir = root / "runs" / "heads-run"
+    runs = tmp_path_factory.mktemp("inspect-app") / "runs"
     config = GPTConfig(context_length=64, n_layer=2, n_head=2, n_embd=32)
-    create_run(run_dir, RunConfig(model=config, train=None, data=DataRef(str(data_dir)), tokenizer=Tokenizer()))
+    create_run(runs / "heads-run", RunConfig(model=config, train=None, data=DataRef(str(data_dir)),
+                                             tokenizer=Tokenizer()))
     for step in (0, 10, 20):
         torch.manual_seed(step)
-        path = run_dir / LAST_FILE if step == 20 else snapshot_path(run_dir, step)
+        path = runs / "heads-run" / LAST_FILE if step == 20 else snapshot_path(runs / "heads-run", step)
         save_weights(GPT(config), path, step=step)
-    demo = build_demo(data_dir=root / "data", runs_dir=root / "runs").queue(default_concurrency_limit=2)
+    return runs
+
+
+@pytest.fixture(scope="module")
+def app_url(inspect_runs):
+    """The app on these runs (in place of conftest's app, for this module's `page`)."""
+    from gpt.ui.app import build_demo
+
+    demo = build_demo(data_dir=inspect_runs.parent / "data", runs_dir=inspect_runs).queue(default_concurrency_limit=2)
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
                             quiet=True, ssr_mode=False)
-    yield url, root / "runs"
+    yield url
     demo.close()
 
 
 @pytest.fixture
-def inspect_page(browser, inspect_app):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    page = context.new_page()
-    page.set_default_timeout(30_000)
-    page.goto(inspect_app[0])
+def inspect_page(page):
     page.get_by_role("tab", name="Inspect").click()
-    yield page
-    context.close()
+    return page
 
 
 def choose_run(page, name: str) -> None:
@@ -81,9 +83,10 @@ def test_inspect_views_and_clicking_a_head(inspect_page, artifacts):
     page.wait_for_function(f"({HEAD_MAP_TITLE_JS})().includes('layer 1, head 1')")
     assert page.locator("#insp-layer input").input_value() == "layer 1"
     assert page.locator("#insp-head input").input_value() == "head 1"
+    page.mouse.move(0, 0)
     for cell in ('#insp-grid .ag-cell[data-layer="1"][data-head="1"]',  # outlined in every grid
                  '#insp-scores .hs-grid:nth-child(3) .hs-cell[data-layer="1"][data-head="1"]'):
-        assert page.locator(cell).evaluate("e => getComputedStyle(e).borderTopColor") == OUTLINE
+        page.wait_for_function(f"getComputedStyle(document.querySelector({cell!r})).borderTopColor === {OUTLINE!r}")
     assert page.locator('#insp-grid .ag-cell[data-layer="0"][data-head="0"]').evaluate(
         "e => getComputedStyle(e).borderTopColor") != OUTLINE
 
@@ -128,10 +131,10 @@ def test_inspect_views_and_clicking_a_head(inspect_page, artifacts):
     assert "Head-type scores" in html and "Logit lens" in html and "Attention across training" in html
 
 
-def test_a_new_run_is_listed_without_pressing_refresh(inspect_page, inspect_app):
+def test_a_new_run_is_listed_without_pressing_refresh(inspect_page, inspect_runs):
     page = inspect_page
     page.locator("#insp-go").wait_for()
-    make_tiny_run(inspect_app[1] / "trained-later")
+    make_tiny_run(inspect_runs / "trained-later")
     choose_run(page, "trained-later")  # opening the list refreshes it
     page.locator("#insp-go").click()
     page.locator("#insp-summary", has_text="trained-later").wait_for()

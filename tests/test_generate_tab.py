@@ -74,7 +74,7 @@ def test_only_listed_runs_and_checkpoints_are_accepted(app_dirs) -> None:
     with pytest.raises(UserInputError, match="unknown checkpoint 'model.safetensors' for run tiny-random") as error:
         generate_tab.resolve_checkpoint(dirs, RUN, str(secret))
     assert str(app_dirs[1]) not in str(error.value)
-    with pytest.raises(UserInputError, match="unknown run 'passwd'"):
+    with pytest.raises(UserInputError, match="unknown run"):
         generate_tab.resolve_checkpoint(dirs, "/etc/passwd", "last")
 
 

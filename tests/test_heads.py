@@ -271,7 +271,7 @@ def test_logit_lens_unembeds_the_residual_stream():
     losses = inspection.token_losses(model, tokenizer, text)  # the last layer is the model's own output
     np.testing.assert_allclose(lens.true_probs[-1], np.exp(-losses.losses), rtol=1e-4)
     np.testing.assert_array_equal(lens.true_ranks[-1], losses.ranks)
-    fig = figures.logit_lens_figure(lens, tokenizer)
+    fig = figures.logit_lens_figure(lens)
     np.testing.assert_allclose(np.asarray(fig.data[0].z), np.log10(np.clip(lens.true_probs, 1e-5, 1)), rtol=1e-5)
     assert f"rank {int(lens.true_ranks[1, 3]):,}" in fig.data[0].customdata[1][3]
 
@@ -309,6 +309,8 @@ def test_split_characters_are_shown_whole_in_every_view():
     assert "split across several byte tokens" in maps.notes[-1]
     assert "<0x" not in figures.token_loss_html(losses, tokenizer)
     assert "안[1/3]" in figures.attention_head_figure(maps, 0, 0).layout.xaxis.ticktext
+    # a candidate that would complete the character the text is inside shows that character
+    assert inspection.candidate_labels(tokenizer, ids[:3], np.array([[ids[0]], [ids[1]], [ids[2]]]))[2] == ["안[3/3]"]
     cut = tokenizer.display_labels(tokenizer.encode("한국")[:-1])  # a character cut off keeps its bytes
     assert cut[:2] == ["한[1/2]", "한[2/2]"] and cut[2].startswith("<0x")
 
@@ -369,3 +371,28 @@ def test_attention_grid_html_is_small_and_faithful():
     expected = np.where(np.tri(5, dtype=bool), np.rint(maps.probs[0, 2] * 254), 255)
     np.testing.assert_array_equal(pixels, expected)
     assert math.isclose(figures.attention_levels(np.array([[0.5]]))[0, 0] / 254, 0.5, abs_tol=0.5 / 254)
+
+
+# -- the command line -----------------------------------------------------------------------------------------
+def test_heads_command(tmp_path, data_dir, capsys):
+    from gpt.cli import main
+    from gpt.run import LAST_FILE, DataRef, RunConfig, create_run, save_weights
+
+    tokenizer = gpt2_tokenizer()
+    model = tiny_model(vocab_size=tokenizer.vocab_size, context_length=64)
+    run_dir = tmp_path / "run"
+    create_run(run_dir, RunConfig(model=model.config, train=None, data=DataRef(str(data_dir)), tokenizer=tokenizer))
+    save_weights(model, run_dir / LAST_FILE, step=3)
+    assert main(["heads", str(run_dir), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    expected = inspection.score_probe(model, inspection.run_probe(data_dir, tokenizer, 64, seed=0))
+    assert [(head["layer"], head["head"]) for head in result["heads"]] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert set(result["heads"][0]) == {"layer", "head", "previous_token", "duplicate_token", "induction", "first_token"}
+    assert result["heads"][3]["induction"] == expected["induction"][1][1]
+    assert result["icl_score"] == expected["icl_score"] and result["step"] == 3
+    assert main(["heads", str(run_dir)]) == 0
+    table = capsys.readouterr().out
+    assert "previous_token" in table and "in-context learning score" in table and "strongest induction head" in table
+    assert main(["heads", str(run_dir), "--checkpoint", "snapshot:5"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "no snapshot at step 5" in error

@@ -160,8 +160,8 @@ def test_import_refuses_what_it_cannot_load(tmp_path: Path) -> None:
 
 
 def test_command_line_import_then_export_round_trips(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from gpt.run import load_run
     from gpt.cli import main
+    from gpt.run import load_run
 
     model = random_gpt(seed=8)
     export_hf(model, tmp_path / "hf", gpt2_tokenizer())

@@ -70,11 +70,11 @@ def test_select_head_sets_the_dropdowns(dirs):
 
 def test_only_listed_runs_and_checkpoints_are_loaded(dirs, tmp_path):
     elsewhere = add_run(AppDirs(data=tmp_path / "d", runs=tmp_path / "r"), "elsewhere")
-    with pytest.raises(UserInputError, match="unknown run 'elsewhere'"):
+    with pytest.raises(UserInputError, match="unknown run"):
         inspect_tab.inspect_text(dirs, str(elsewhere), "last", TEXT)
     with pytest.raises(UserInputError, match="unknown run"):
         inspect_tab.embedding_views(dirs, "../../etc", "last")
-    with pytest.raises(UserInputError, match="no checkpoint 'model.safetensors'"):
+    with pytest.raises(UserInputError, match="has no checkpoint .*choose one of: last"):
         inspect_tab.inspect_text(dirs, "with-data", str(dirs.runs / "with-data" / LAST_FILE), TEXT)
     with pytest.raises(UserInputError, match="choose a run first"):
         inspect_tab.inspect_text(dirs, None, "last", TEXT)

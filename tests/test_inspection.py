@@ -465,3 +465,16 @@ def test_inspect_endpoint_sends_the_models_probabilities(app_url, app_dirs):
         np.testing.assert_allclose(weights, causal(expected[layer, head]), atol=0.5 / 254 + 1e-6)
     head_map = json.loads(result[2]["plot"])
     np.testing.assert_array_equal(_decode(head_map["data"][0]["z"]), causal(expected[0, 0]).astype(np.float32))
+
+
+# -- training curves ------------------------------------------------------------------------------------------
+def test_a_curve_of_one_point_is_visible_and_step_0_is_named():
+    rows = [{"kind": "eval", "step": 0, "val_loss": 10.9, "perplexity": 54000.0, "bits_per_byte": 4.0},
+            {"kind": "train", "step": 1, "train_loss": 10.8, "lr": 1e-4, "tokens_per_second": 300.0, "grad_norm": 2.0}]
+    fig = figures.training_figure({"run": rows})
+    by_name = {trace.name: trace for trace in fig.data}
+    assert all(trace.mode == "lines+markers" for trace in fig.data)  # one point each: drawn as a marker
+    assert list(by_name["val"].text) == ["step 0 (before training)"] and "%{text}" in by_name["val"].hovertemplate
+    assert list(by_name["lr"].text) == ["step 1"]
+    long = [{"kind": "train", "step": i, "train_loss": 5.0, "lr": 1e-3} for i in range(1, 200)]
+    assert {trace.mode for trace in figures.training_figure({"run": long}).data} == {"lines"}

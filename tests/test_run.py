@@ -190,3 +190,134 @@ def test_default_run_is_shipped_and_loads() -> None:
     evals = ckpt.read_metrics(ckpt.DEFAULT_RUN, kind="eval")
     assert evals and evals[-1]["bits_per_byte"] < 3.0
     assert "python -m gpt train" in loaded.config.command
+
+
+# -- metrics read incrementally, summaries, resume truncation --------------------------------------
+def count_parsed(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Bytes of every metrics line parsed from now on (one entry per line)."""
+    parsed: list[int] = []
+    parse = ckpt._parse_row
+
+    def counting(line: bytes) -> dict | None:
+        parsed.append(len(line))
+        return parse(line)
+
+    monkeypatch.setattr(ckpt, "_parse_row", counting)
+    return parsed
+
+
+def test_read_metrics_parses_only_what_was_appended(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    parsed = count_parsed(monkeypatch)
+    for step in range(5):
+        ckpt.append_metrics(tmp_path, {"kind": "train", "step": step, "train_loss": 1.0})
+    assert len(ckpt.read_metrics(tmp_path)) == 5 and len(parsed) == 5
+    assert len(ckpt.read_metrics(tmp_path, kind="train")) == 5 and len(parsed) == 5  # unchanged: nothing parsed
+    with open(tmp_path / ckpt.METRICS_FILE, "a") as handle:
+        handle.write('{"kind": "eval", "step": 5, "val_loss": 2.0}\n{"kind": "train", "st')  # + a torn last line
+    assert [row["kind"] for row in ckpt.read_metrics(tmp_path)][-1] == "eval" and len(parsed) == 6
+    with open(tmp_path / ckpt.METRICS_FILE, "a") as handle:
+        handle.write('ep": 6, "train_loss": 0.5}\n')  # the writer finishes its line
+    assert ckpt.read_metrics(tmp_path)[-1] == {"kind": "train", "step": 6, "train_loss": 0.5} and len(parsed) == 7
+    ckpt.truncate_metrics(tmp_path, 2)  # replaced by a shorter file: read again from the start
+    assert [row["step"] for row in ckpt.read_metrics(tmp_path)] == [0, 1, 2]
+
+
+def test_an_endless_line_is_skipped_not_held(tmp_path: Path) -> None:
+    ckpt.append_metrics(tmp_path, {"kind": "train", "step": 1})
+    with open(tmp_path / ckpt.METRICS_FILE, "a") as handle:
+        handle.write('{"kind": "sample", "text": "' + "x" * (3 * ckpt.MAX_METRICS_LINE_BYTES) + '"}\n')
+    ckpt.append_metrics(tmp_path, {"kind": "train", "step": 2})
+    assert [row["step"] for row in ckpt.read_metrics(tmp_path)] == [1, 2]
+
+
+def test_summary_matches_the_full_rows_and_parses_only_status_and_eval(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    ckpt.append_metrics(tmp_path, {"kind": "status", "step": 0, "status": "running", "message": "go"})
+    for step in range(1, 41):
+        ckpt.append_metrics(tmp_path, {"kind": "phase", "step": step, "phase": "training"})
+        ckpt.append_metrics(tmp_path, {"kind": "train", "step": step, "train_loss": 10.0 / step})
+        if step % 10 == 0:
+            ckpt.append_metrics(tmp_path, {"kind": "eval", "step": step, "val_loss": 5.0 / step, "scope": "estimate"})
+            ckpt.append_metrics(tmp_path, {"kind": "sample", "step": step, "text": "x" * 1000})
+            ckpt.append_metrics(tmp_path, {"kind": "heads", "step": step, "scores": [[0.1] * 8] * 8})
+    ckpt.append_metrics(tmp_path, {"kind": "eval", "step": 40, "val_loss": 0.2, "scope": "full"})
+    ckpt.append_metrics(tmp_path, {"kind": "status", "step": 40, "status": "finished", "message": "done"})
+    rows = ckpt.read_metrics(tmp_path)
+    parsed = count_parsed(monkeypatch)
+    summary = ckpt.metrics_summary(tmp_path)
+    last = {kind: [row for row in rows if row.get("kind") == kind][-1] for kind in ("status", "train", "eval")}
+    assert (summary.status, summary.train, summary.eval) == (last["status"], last["train"], last["eval"])
+    assert summary.final_eval == last["eval"] and summary.step == 40
+    assert len(parsed) == 2 + 5 + 1  # the status rows, the eval rows and the last train row, of 131 rows
+    assert ckpt.Run.open(ckpt.DEFAULT_RUN).status() == ckpt.read_metrics(ckpt.DEFAULT_RUN, "status")[-1]
+    parsed.clear()
+    ckpt.append_metrics(tmp_path, {"kind": "train", "step": 41, "train_loss": 0.1})
+    assert ckpt.metrics_summary(tmp_path).train["step"] == 41 and len(parsed) == 1
+
+
+def test_truncate_metrics_keeps_the_checkpoints_rows_and_repairs_a_torn_line(tmp_path: Path) -> None:
+    for step in range(8):
+        ckpt.append_metrics(tmp_path, {"kind": "train", "step": step})
+    ckpt.append_metrics(tmp_path, {"kind": "status", "step": 7, "status": "diverged"})
+    with open(tmp_path / ckpt.METRICS_FILE, "a") as handle:
+        handle.write('{"kind": "train", "step": 8, "trai')  # the process died mid-write
+    assert ckpt.truncate_metrics(tmp_path, 5) == 3  # steps 6 and 7, and the torn line
+    ckpt.append_metrics(tmp_path, {"kind": "status", "step": 5, "status": "running", "message": "resumed at step 5"})
+    rows = ckpt.read_metrics(tmp_path)
+    assert [row["step"] for row in rows] == [0, 1, 2, 3, 4, 5, 7, 5]  # status rows are the run's history
+    assert rows[-1]["message"] == "resumed at step 5"  # the row after the torn line is whole
+    assert ckpt.truncate_metrics(tmp_path, 5) == 0  # nothing to cut: the file is left as it is
+    assert ckpt.truncate_metrics(tmp_path / "nothing", 5) == 0
+
+
+# -- what counts as a run -----------------------------------------------------------------------------
+def test_a_folder_is_a_run_only_once_model_safetensors_is_written_last(tmp_path: Path) -> None:
+    """A start killed after the trainer state but before model.safetensors is not a run: it is not listed,
+    and starting it again cleans what the first start left."""
+    run = tmp_path / "run"
+    config = ckpt.RunConfig(model=SMALL, train=None, data=ckpt.DataRef(), tokenizer=Tokenizer(list(range(299))))
+    ckpt.create_run(run, config)
+    ckpt.save_trainer_state(run, {"step": 0})
+    ckpt.save_weights(GPT(SMALL), run / ckpt.BEST_FILE, step=0)
+    ckpt.save_weights(GPT(SMALL), ckpt.snapshot_path(run, 0), step=0)
+    (run / ".model.safetensors.abc.tmp").write_bytes(b"half")
+    assert not ckpt.has_checkpoint(run) and ckpt.list_runs(tmp_path) == []
+    assert ckpt.Run.open(run).state() == "new"
+    ckpt.create_run(run, config)
+    assert sorted(p.name for p in run.rglob("*") if p.is_file()) == [ckpt.CONFIG_FILE]
+    ckpt.save_weights(GPT(SMALL), run / ckpt.LAST_FILE, step=0)
+    with pytest.raises(UserInputError, match="already holds a run"):
+        ckpt.create_run(run, config)
+
+
+def test_a_damaged_snapshot_leaves_the_others_listed_and_fails_clearly(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    make_run(run, steps=(0, 5, 20))
+    path = ckpt.snapshot_path(run, 5)
+    path.write_bytes(path.read_bytes()[:100])
+    assert [info.name for info in ckpt.list_checkpoints(run)] == ["snapshot:0", "snapshot:5", "snapshot:20", "last"]
+    assert ckpt.load_run(run, "snapshot:20").step == 20
+    with pytest.raises(UserInputError, match="step_0000005.safetensors is not a readable"):
+        ckpt.load_run(run, "snapshot:5")
+
+
+@pytest.mark.parametrize("content", [b"", b"not a zip at all", "valid but foreign"])
+def test_a_damaged_trainer_state_is_a_clear_error(tmp_path: Path, content: bytes | str) -> None:
+    if content == "valid but foreign":
+        torch.save({"step": 3}, tmp_path / ckpt.STATE_FILE)
+        expected = "not a trainer state"
+    else:
+        (tmp_path / ckpt.STATE_FILE).write_bytes(content)
+        expected = "is damaged and cannot be resumed"
+    with pytest.raises(UserInputError, match=expected):
+        ckpt.load_trainer_state(tmp_path)
+
+
+def test_a_zero_filled_weights_file_is_refused_before_it_is_parsed(tmp_path: Path) -> None:
+    path = tmp_path / ckpt.LAST_FILE
+    path.write_bytes(bytes(4096))
+    with pytest.raises(UserInputError, match="header claims 0 bytes"):
+        ckpt.check_weights_file(path, SMALL)
+    path.write_bytes((10**9).to_bytes(8, "little") + b"{}")
+    with pytest.raises(UserInputError, match="header claims 1,000,000,000 bytes"):
+        ckpt.check_weights_file(path, SMALL)

@@ -115,8 +115,8 @@ def test_nan_loss_marks_the_run_diverged_and_keeps_the_last_good_checkpoint(data
     trainer = make_trainer(data_dir, run, max_steps=20)
     model = trainer.model
 
-    def poisoned(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits, loss = model(x, y)
+    def poisoned(x: torch.Tensor, y: torch.Tensor, **options: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
+        logits, loss = model(x, y, **options)
         return logits, loss * (float("nan") if trainer.step >= 7 else 1.0)
 
     trainer.train_model = poisoned

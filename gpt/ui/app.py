@@ -2,8 +2,9 @@
 
 Each tab lives in its own module (`data_tab.py`, `train_tab.py`, `inspect_tab.py`, `generate_tab.py`)
 with `build(dirs)` (layout, returns its components) and `wire(dirs, tab, demo)` (events); tabs share
-`common.py` (error decorator), `runs.py`/`picker.py` (the app's runs) and `datasets.py`, never each other. Nothing here touches the network or
-trains at start-up, so the page is served within seconds on a CPU-only machine.
+`common.py` (error decorator), `runs.py`/`picker.py` (the app's runs) and `datasets.py`, never each other.
+Nothing here touches the network or trains at start-up, so the page is served within seconds on a CPU-only
+machine.
 """
 
 from __future__ import annotations

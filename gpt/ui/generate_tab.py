@@ -18,6 +18,7 @@ prompt shortened to its head and tail, so streamed updates stay small; an answer
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import random
 import threading
@@ -59,6 +60,7 @@ BRANCH_STREAM_INTERVAL = 0.3  # ... of the branches view while a branch grows
 MAX_PROMPT_CHARS = 2_000_000
 CHAT_PROMPT_CHARS = 4_000  # a longer prompt shows in the chat as its head and tail
 MAX_BRANCHES = 6
+ANSWER_SECONDS = 3600  # an answer (with its stage views) is kept this long after its last change
 SPECS = {spec.name: spec for spec in field_specs(SamplingConfig)}
 # Controls as shown; `top_candidates` is the tab's own (the stage view), every other field has a control.
 GROUPS = {
@@ -271,8 +273,8 @@ def apply_preset(name: str) -> list:
 # -- the two streams: a new answer, a new branch ---------------------------------------------------------------
 def generate(dirs: AppDirs, history: list | None, prompt: str | None, run: str | None, checkpoint: str | None,
              values: dict, stop: threading.Event) -> Iterator[tuple]:
-    """Append the prompt to the chat and stream the model's continuation. Yields `GENERATE_OUTPUTS`:
-    (chat, stats, step slider, stage figure, branches view, stage table, alternatives, branch picker,
+    """Append the prompt to the chat and stream the model's continuation until it ends or `stop` is set.
+    Yields (chat, stats, step slider, stage figure, branches view, stage table, alternatives, branch picker,
     answer); while streaming only the chat and the stats change."""
     prompt = check_prompt(prompt)
     config = with_seed(sampling_config(values))
@@ -291,19 +293,20 @@ def generate(dirs: AppDirs, history: list | None, prompt: str | None, run: str |
     steps, text, decoding = answer.branches[0].steps, "", ""
     started = last_yield = time.perf_counter()
     stopped = False
-    for item in _steps(run_dir, checkpoint, prompt_ids, config):
-        if isinstance(item, str):
-            decoding = item
-            continue
-        steps.append(item)
-        text += item.text
-        if stop.is_set():
-            stopped = True
-            break
-        if time.perf_counter() - last_yield >= STREAM_INTERVAL:  # each update re-sends the answer: pace them
-            last_yield = time.perf_counter()
-            history[-1] = {"role": "assistant", "content": text}
-            yield history, f"*generating… {len(steps)} tokens*", *skip
+    with contextlib.closing(_steps(run_dir, checkpoint, prompt_ids, config)) as stream:
+        for item in stream:
+            if isinstance(item, str):
+                decoding = item
+                continue
+            steps.append(item)
+            text += item.text
+            if stop.is_set():
+                stopped = True
+                break
+            if time.perf_counter() - last_yield >= STREAM_INTERVAL:  # each update re-sends the answer: pace them
+                last_yield = time.perf_counter()
+                history[-1] = {"role": "assistant", "content": text}
+                yield history, f"*generating… {len(steps)} tokens*", *skip
     seconds = time.perf_counter() - started
     history[-1] = {"role": "assistant", "content": text}
     figure, table, alternatives = step_view(answer, 0, 1)
@@ -342,17 +345,18 @@ def fork(answer: Answer | None, branch_index: int | None, step: int | None, alte
     started = last_yield = time.perf_counter()
     stopped, decoding = False, ""
     yield "*branching…*", branches_view(answer), branch_choices(answer, new_index), *skip
-    for item in _steps(answer.run_dir, answer.checkpoint, prefix, config, (int(alternative),)):
-        if isinstance(item, str):
-            decoding = item
-            continue
-        grown.steps.append(item)
-        if stop.is_set():
-            stopped = True
-            break
-        if time.perf_counter() - last_yield >= BRANCH_STREAM_INTERVAL:
-            last_yield = time.perf_counter()
-            yield f"*branching… {len(grown.steps) - len(shared)} tokens*", branches_view(answer), gr.skip(), *skip
+    with contextlib.closing(_steps(answer.run_dir, answer.checkpoint, prefix, config, (int(alternative),))) as stream:
+        for item in stream:
+            if isinstance(item, str):
+                decoding = item
+                continue
+            grown.steps.append(item)
+            if stop.is_set():
+                stopped = True
+                break
+            if time.perf_counter() - last_yield >= BRANCH_STREAM_INTERVAL:
+                last_yield = time.perf_counter()
+                yield f"*branching… {len(grown.steps) - len(shared)} tokens*", branches_view(answer), gr.skip(), *skip
     seconds = time.perf_counter() - started
     made = len(grown.steps) - len(shared)
     stats = (f"**{label.split(' — ')[0]}: {made} tokens in {seconds:.2f} s**{' · **stopped**' if stopped else ''}"
@@ -486,7 +490,7 @@ def build(dirs: AppDirs) -> GenerateTab:
                        send=send, stop=stop, regenerate=regenerate, clear=clear, stats=stats, preset=preset,
                        preset_note=preset_note, chain=chain, controls=controls, answer_view=answer_view,
                        branch=branch, step=step, stage_table=stage_table, why=why, alternatives=alternatives,
-                       answer=gr.State(None))
+                       answer=gr.State(None, time_to_live=ANSWER_SECONDS))
 
 
 # -- events -----------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import html
 import tempfile
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,31 +55,53 @@ element.addEventListener('click', (event) => {
   if (cell) trigger('click', {layer: Number(cell.dataset.layer), head: Number(cell.dataset.head)});
 });
 """
-MAX_SCORED = 16  # head-type scores kept for this many checkpoint files
-_scores: OrderedDict[tuple, tuple[dict | None, list[str]]] = OrderedDict()
-_scores_lock = threading.Lock()
+
+
+class _Memo:
+    """A small least-recently-used store of results computed per checkpoint file, shared by all sessions
+    (a second user, or the same text again, gets them at once)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.entries: OrderedDict[tuple, object] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, key: tuple, compute: Callable[[], object]) -> object:
+        with self.lock:
+            if key in self.entries:
+                self.entries.move_to_end(key)
+                return self.entries[key]
+        value = compute()
+        with self.lock:
+            self.entries[key] = value
+            while len(self.entries) > self.size:
+                self.entries.popitem(last=False)
+        return value
+
+
+_scores = _Memo(16)  # head-type scores of checkpoint files
+_embeddings = _Memo(8)  # embedding figures of checkpoint files and settings
 
 
 # -- numbers of a checkpoint ------------------------------------------------------------------------------
+def _file_stamp(loaded: LoadedRun) -> tuple:
+    """(run folder, checkpoint, file modification time): what a cached view of a checkpoint depends on."""
+    path = Run.open(loaded.run_dir).checkpoint_path(loaded.checkpoint)[1]
+    return str(loaded.run_dir.resolve()), loaded.checkpoint, path.stat().st_mtime_ns
+
+
 def checkpoint_scores(loaded: LoadedRun) -> tuple[dict | None, list[str]]:
     """The `heads` row of a loaded checkpoint on its run's probe, and notes for the page (what the probe
     lacks, or why it cannot run), computed once per checkpoint file."""
-    path = Run.open(loaded.run_dir).checkpoint_path(loaded.checkpoint)[1]
-    key = (str(loaded.run_dir.resolve()), loaded.checkpoint, path.stat().st_mtime_ns)
-    with _scores_lock:
-        if key in _scores:
-            _scores.move_to_end(key)
-            return _scores[key]
-    try:
-        probe = inspection.probe_for_run(loaded.config)
-        result = inspection.score_probe(loaded.model, probe), probe.notes
-    except UserInputError as error:  # a context or validation text too short for the probe: say so, show the rest
-        result = None, [f"head-type scores are not available: {error}"]
-    with _scores_lock:
-        _scores[key] = result
-        while len(_scores) > MAX_SCORED:
-            _scores.popitem(last=False)
-    return result
+
+    def compute() -> tuple[dict | None, list[str]]:
+        try:
+            probe = inspection.probe_for_run(loaded.config)
+            return inspection.score_probe(loaded.model, probe), probe.notes
+        except UserInputError as error:  # a context or validation text too short for the probe: say so
+            return None, [f"head-type scores are not available: {error}"]
+
+    return _scores.get(_file_stamp(loaded), compute)
 
 
 def statistics_table(maps: inspection.AttentionMaps, row: dict | None) -> pd.DataFrame:
@@ -169,6 +192,8 @@ def inspect_text(dirs: AppDirs, run: str | None, checkpoint: str | None, text: s
         f"**{loaded.run_dir.name}** · {loaded.checkpoint} (step {loaded.step}) · {config.n_layer} layers × "
         f"{config.n_head} heads · {maps.length} tokens (at most {inspection.token_cap(loaded.model)} are inspected)"
     )
+    if maps.length < 2:
+        maps.notes.append("the per-head statistics need a text of at least 2 tokens")
     if config.n_head == 1:
         maps.notes.append("this model has one head per layer: each grid is one column and the mean over heads is "
                           "that head")
@@ -200,7 +225,7 @@ def logit_lens_view(dirs: AppDirs, run: str | None, checkpoint: str | None, text
     """The logit lens of `text` (one unembedding per layer: the costliest view, so it arrives right after
     the others) and the views kept for download."""
     loaded = load_picked(dirs, run, checkpoint)
-    figure = figures.logit_lens_figure(inspection.logit_lens(loaded.model, loaded.tokenizer, text), loaded.tokenizer)
+    figure = figures.logit_lens_figure(inspection.logit_lens(loaded.model, loaded.tokenizer, text))
     return figure, {**(views or {}), "Logit lens": figure}
 
 
@@ -248,14 +273,19 @@ def _frequency_note(loaded: LoadedRun, counts_note: str, found: bool) -> str:
 
 def embedding_views(dirs: AppDirs, run: str | None, checkpoint: str | None, n: int = 300, dims: str = "2D",
                     color_by: str = "class", views: dict | None = None):
-    """(embedding scatter, note on where frequencies come from, position-similarity heatmap, views)."""
+    """(embedding scatter, note on where frequencies come from, position-similarity heatmap, views). They do
+    not depend on the text, so they are kept per checkpoint file and settings."""
     loaded = load_picked(dirs, run, checkpoint)
-    counts, counts_note = inspection.token_counts(loaded.config.data.dir, loaded.tokenizer)
-    scatter = figures.embedding_figure(loaded.model, loaded.tokenizer, counts, n=int(n), dims=3 if dims == "3D" else 2,
-                                       color_by=color_by)
-    positions = figures.position_similarity_figure(loaded.model)
-    updated = {**(views or {}), "Token embeddings": scatter, "Position embeddings": positions}
-    return scatter, _frequency_note(loaded, counts_note, counts is not None), positions, updated
+
+    def compute() -> tuple:
+        counts, counts_note = inspection.token_counts(loaded.config.data.dir, loaded.tokenizer)
+        scatter = figures.embedding_figure(loaded.model, loaded.tokenizer, counts, n=int(n),
+                                           dims=3 if dims == "3D" else 2, color_by=color_by)
+        note = _frequency_note(loaded, counts_note, counts is not None)
+        return scatter, note, figures.position_similarity_figure(loaded.model)
+
+    scatter, note, positions = _embeddings.get((*_file_stamp(loaded), int(n), dims, color_by), compute)
+    return scatter, note, positions, {**(views or {}), "Token embeddings": scatter, "Position embeddings": positions}
 
 
 def neighbours_table(dirs: AppDirs, run: str | None, checkpoint: str | None, token: str,

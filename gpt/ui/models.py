@@ -13,6 +13,7 @@ from pathlib import Path
 
 from gpt.errors import UserInputError
 from gpt.run import LoadedRun, Run
+from gpt.ui.runs import quote
 
 MAX_LOADED = 3
 _cache: OrderedDict[tuple, LoadedRun] = OrderedDict()
@@ -29,8 +30,8 @@ def get_run(run_dir: str | Path, checkpoint: str = "last", device: str = "cpu") 
     Only the run's own listed checkpoints are accepted (never a path)."""
     run = Run.open(run_dir)
     infos = {info.name: info for info in run.checkpoints()}
-    if checkpoint not in infos:
-        raise UserInputError(f"{run.name} has no checkpoint {Path(str(checkpoint)).name!r}; choose one of: "
+    if not isinstance(checkpoint, str) or checkpoint not in infos:
+        raise UserInputError(f"{run.name} has no checkpoint {quote(checkpoint)}; choose one of: "
                              f"{', '.join(infos) or 'none yet'}")
     path = infos[checkpoint].path
     stamp = path.stat().st_mtime_ns if path.exists() else None

@@ -2,7 +2,8 @@
 
 Values are run names and checkpoint names; `load_picked` resolves them only through the app's own list
 of runs (`gpt.ui.runs.known_run`) and the run's own checkpoints (`gpt.ui.models.get_run`), so a client
-that sends a server path or a run trained after the page was built gets exactly what the list allows.
+that sends a server path is refused (its message quotes only the value sent) and a run trained after the
+page was built is served: the dropdowns take custom values, the handlers' lists are read at each call.
 The choices are refreshed whenever a dropdown gets focus and when the page loads, so runs trained after
 start-up appear without pressing anything.
 """
@@ -28,9 +29,12 @@ class Picker:
 def build_picker(dirs: AppDirs, prefix: str, checkpoint_label: str = "Checkpoint") -> Picker:
     """Two dropdowns side by side (call inside a layout block); `prefix` names their elem_ids."""
     first = default_run_value(dirs)
-    run = gr.Dropdown(run_choices(dirs), value=first, label="Run", elem_id=f"{prefix}-run")
+    # Custom values pass Gradio's check against the choices made at start-up (a run trained since, through
+    # the API); `load_picked` is the check: it accepts only what the app lists at the time of the call.
+    run = gr.Dropdown(run_choices(dirs), value=first, label="Run", elem_id=f"{prefix}-run", allow_custom_value=True)
     checkpoint = gr.Dropdown(checkpoint_choices(known_run(dirs, first)) if first else [],
-                             value="last" if first else None, label=checkpoint_label, elem_id=f"{prefix}-checkpoint")
+                             value="last" if first else None, label=checkpoint_label, elem_id=f"{prefix}-checkpoint",
+                             allow_custom_value=True)
     return Picker(run=run, checkpoint=checkpoint)
 
 

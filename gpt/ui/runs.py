@@ -75,6 +75,8 @@ ALLOWED = re.compile(
     r"^(config\.json|model\.safetensors|best\.safetensors|metrics\.jsonl|samples\.jsonl|README\.md|train\.log"
     r"|snapshots/step_\d+\.safetensors)$"
 )
+# What reading a zip member raises for a damaged, encrypted or unsupported one (never our own UserInputError).
+UNZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, NotImplementedError, OSError)
 # What messages quote of a value a client sent (a name, a prompt): enough to recognise it, never megabytes.
 QUOTE_CHARS = 80
 DOWNLOADS_FOLDER = "run-downloads"  # inside Gradio's cache folder, so Gradio serves the zip without a copy
@@ -241,7 +243,7 @@ def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, lim
     try:
         with archive.open(info) as stream:
             data = stream.read(limit + 1)
-    except (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, NotImplementedError, ValueError) as error:
+    except UNZIP_ERRORS as error:
         raise UserInputError(f"{name} cannot be read from the zip ({error})") from None
     if len(data) > limit:
         raise UserInputError(f"{name} holds more than the {limit:,} bytes its zip entry declares")
@@ -257,11 +259,12 @@ def _copy_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, tar
             while chunk := source.read(1024**2):
                 copied += len(chunk)
                 if copied > info.file_size:
-                    raise UserInputError(f"{name} holds more than the {info.file_size:,} bytes its zip entry "
-                                         "declares")
+                    break
                 sink.write(chunk)
-    except (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, NotImplementedError, ValueError) as error:
+    except UNZIP_ERRORS as error:
         raise UserInputError(f"{name} cannot be unpacked ({error})") from None
+    if copied > info.file_size:
+        raise UserInputError(f"{name} holds more than the {info.file_size:,} bytes its zip entry declares")
     if copied != info.file_size:
         raise UserInputError(f"{name} ends after {copied:,} of the {info.file_size:,} bytes its zip entry declares")
 
@@ -287,10 +290,12 @@ def _peek_weights(archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str,
     the step in its metadata (None when absent)."""
     try:
         with archive.open(info) as stream:
-            length = safetensors_header_length(stream.read(8), name)
-            raw = stream.read(length)
-    except (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, NotImplementedError, ValueError) as error:
+            head = stream.read(8)
+            length = safetensors_header_length(head, name) if len(head) == 8 else 0
+            raw = stream.read(length) if length else b""
+    except UNZIP_ERRORS as error:
         raise UserInputError(f"{name} cannot be read from the zip ({error})") from None
+    safetensors_header_length(head, name)
     try:
         header = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -399,14 +404,15 @@ def _plan_upload(archive: zipfile.ZipFile, upload: str
             if name != BEST_FILE:
                 file_step = int(name.removeprefix(f"{SNAPSHOTS_DIR}/step_").removesuffix(".safetensors"))
                 if name != f"{SNAPSHOTS_DIR}/{snapshot_path('', file_step).name}" or step != file_step:
-                    raise UserInputError(f"it is named after step {file_step} but its metadata says "
+                    raise UserInputError(f"{name} is named after step {file_step} but its metadata says "
                                          f"{'no step' if step is None else f'step {step}'}")
                 snapshots += 1
                 if snapshots > MAX_UPLOAD_SNAPSHOTS:
-                    raise UserInputError(f"a run may bring at most {MAX_UPLOAD_SNAPSHOTS} snapshots")
+                    raise UserInputError(f"{name} is one snapshot more than the {MAX_UPLOAD_SNAPSHOTS} a run may "
+                                         "bring")
         except UserInputError as error:
             del kept[name]
-            notes.append(f"left out {name}: {error}")
+            notes.append(f"{error}: left out, the rest of the run is kept")
     total = sum(info.file_size for info in kept.values())
     if total > MAX_UPLOAD_BYTES:
         raise UserInputError(f"it unpacks to {total:,} bytes, more than the {MAX_UPLOAD_BYTES // 1024**3} GB an "
@@ -431,5 +437,5 @@ def _unpack(archive: zipfile.ZipFile, kept: dict[str, zipfile.ZipInfo], staging:
             if name == LAST_FILE:
                 raise
             target.unlink()
-            notes.append(f"left out {name}: {error}")
+            notes.append(f"{error}: left out, the rest of the run is kept")
     return notes

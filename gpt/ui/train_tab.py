@@ -31,8 +31,7 @@ from gpt.ui import hub_panel, zerogpu
 from gpt.ui.common import BUNDLED_DATASET_NAME, AppDirs, handle_errors, safe_name
 from gpt.ui.datasets import dataset_dir, ensure_bundled_dataset, prepared_datasets
 from gpt.ui.jobs import BURST_DURATION, BURST_SECONDS, JOBS
-from gpt.ui.runs import (export_run_zip, import_run_zip, known_run, run_choices, run_state_and_message,
-                         runs_table)
+from gpt.ui.runs import export_run_zip, import_run_zip, known_run, run_choices, run_state_and_message, runs_table
 from gpt.vocab import tokenizer_for
 
 POLL_SECONDS = 1.0
