@@ -4,17 +4,22 @@ A model of the chosen preset shape gets random weights, is exported with `gpt.hf
 `transformers.GPT2LMHeadModel`; both generate the same number of tokens from the same prompt, interleaved
 (one run of each per round, the best round reported), so machine noise hits both alike. Rows:
 
-- greedy: HF against ours in float32 (token ids checked identical: the exact path) and ours with int8 /
-  bfloat16 weights (bfloat16 only where the CPU has native bf16, `gpt.runtime.cpu_has_native_bf16`); for
-  those, how many of the greedy tokens match float32; and what `auto` picks here, and why;
-- sampled (temperature 0.8, top-k 50, top-p 0.95): HF's warpers (a full sort per token) against our chain;
-- the same shape with a compact vocabulary (11,900 tokens, the size of the shipped model's corpus);
+- greedy: HF against ours in float32 (token ids checked identical: the exact path) and ours with int8,
+  int8-dynamic (fbgemm, x86) and bfloat16 weights (bfloat16 only where the CPU has native bf16,
+  `gpt.runtime.cpu_has_native_bf16`); for those, how many greedy tokens match float32; what `auto` picks;
+- sampled (temperature 0.8, top-k 50, top-p 0.95): HF's warpers (a full sort per token) against our chain,
+  in float32 and in what `auto` picks;
+- with `--compact`, the same shape with a compact vocabulary (11,900 tokens, the size of the shipped model's
+  corpus), whose output layer is a quarter of the full one;
 - the shipped model (checkpoints/shakespeare-5min) as the app runs it (stage view on), and the change in
   validation loss that int8 / bfloat16 weights cost it (on the last 10% of tinyshakespeare.txt, the
   validation end of its contiguous split).
 
     python bench/generate_speed.py                      # seed preset, 200 tokens, CPU, torch's threads
-    python bench/generate_speed.py --threads 2 --repeats 5
+    python bench/generate_speed.py --threads 1 --compact  # steadier on a machine other jobs share
+
+With two threads, every small op waits for both; when other processes compete for the cores (a shared
+machine), that wait dominates and the numbers swing tenfold, so compare ratios from one run.
 """
 
 from __future__ import annotations
@@ -32,12 +37,13 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from gpt.data.folder import token_id_map  # noqa: E402
 from gpt.evaluate import evaluate  # noqa: E402
 from gpt.hf import export_hf  # noqa: E402
 from gpt.model import GPT, GPTConfig  # noqa: E402
 from gpt.run import DEFAULT_RUN, Run  # noqa: E402
 from gpt.runtime import cpu_capability, cpu_has_native_bf16  # noqa: E402
-from gpt.sampling import SamplingConfig, decoding_model, stream_generate  # noqa: E402
+from gpt.sampling import SamplingConfig, decoding_model, has_fbgemm, stream_generate  # noqa: E402
 from gpt.tokenizer import Tokenizer, gpt2_tokenizer  # noqa: E402
 
 PROMPT = "The quick brown fox jumps over the lazy dog. Once upon a time"
@@ -102,8 +108,10 @@ def report(title: str, results: dict, tokens: int, baseline: str, notes: dict | 
 
 
 def precisions() -> tuple[list[str], str]:
+    """The lossy precisions worth timing here, and why bfloat16 is not among them (or "")."""
     native, evidence = cpu_has_native_bf16()
-    return (["int8", "bfloat16"] if native else ["int8"]), ("" if native else f"bfloat16 skipped: {evidence}")
+    names = ["int8", *(["int8-dynamic"] if has_fbgemm() else []), *(["bfloat16"] if native else [])]
+    return names, "" if native else f"bfloat16 skipped: {evidence}"
 
 
 def shape_rows(config: GPTConfig, tokens: int, repeats: int, device: str, label: str, sampled: bool) -> None:
@@ -138,14 +146,15 @@ def shape_rows(config: GPTConfig, tokens: int, repeats: int, device: str, label:
     chain = SamplingConfig(**SAMPLED, max_new_tokens=tokens, stop_at_eot=False, seed=0)
     entrants = {hf: lambda: hugging_face(hf_model, prompt_ids, tokens, True, device),
                 "ours, float32": lambda: ours(model, tokenizer, chain)}
-    for precision in lossy[:1]:
-        entrants[f"ours, {precision} weights"] = lambda p=precision: ours(model, tokenizer, chain.replace(precision=p))
+    if auto != "float32":
+        entrants[f"ours, auto (-> {auto})"] = lambda: ours(model, tokenizer, chain.replace(precision="auto"))
     report(f"{label}: sampled (temperature 0.8, top-k 50, top-p 0.95)", race(entrants, repeats), tokens, hf)
 
 
 def validation_tokens(tokenizer: Tokenizer) -> np.ndarray:
+    """GPT-2 ids of the last 10% of the corpus, spelled with the run's own tokens (what `evaluate` reads)."""
     text = CORPUS.read_text(encoding="utf-8")
-    return np.array(tokenizer.encode(text[int(len(text) * 0.9):]), dtype=np.int64)
+    return np.array(tokenizer.to_gpt2(tokenizer.encode(text[int(len(text) * 0.9):])), dtype=np.int64)
 
 
 def shipped_rows(tokens: int, repeats: int) -> None:
@@ -156,22 +165,24 @@ def shipped_rows(tokens: int, repeats: int) -> None:
     model, tokenizer = loaded.model, loaded.tokenizer
     lossy, skipped = precisions()
     app = SamplingConfig(max_new_tokens=tokens, stop_at_eot=False, seed=0, top_candidates=10)
+    _, auto, why = decoding_model(model, "auto")
     entrants = {f"{precision}, as the app runs it": lambda p=precision: ours(model, tokenizer, app.replace(precision=p))
-                for precision in ["float32", *lossy[:1]]}
+                for precision in dict.fromkeys(["float32", auto])}
     entrants["float32, no stage view"] = lambda: ours(model, tokenizer, app.replace(top_candidates=0))
     for precision in lossy:
         decoding_model(model, precision)
-    _, auto, why = decoding_model(model, "auto")
     c = model.config
     report(f"shipped model {DEFAULT_RUN.name} ({c.n_layer} layers x {c.n_embd}, vocabulary {c.vocab_size:,}, "
            f"context {c.context_length}): temperature 0.8, {tokens} tokens, stage view of 10 candidates",
            race(entrants, repeats), tokens, "float32, as the app runs it")
     print(f"  auto picks {auto}: {why}")
     val = validation_tokens(tokenizer)
-    base, count = evaluate(model, val, batch_size=8, device=torch.device("cpu"))
+    id_map = token_id_map(tokenizer)
+    base, count = evaluate(model, val, batch_size=8, device=torch.device("cpu"), id_map=id_map)
     print(f"  validation loss over {count:,} tokens (last 10% of {CORPUS.name}): float32 {base:.4f} nats/token")
     for precision in lossy:
-        loss, _ = evaluate(decoding_model(model, precision)[0], val, batch_size=8, device=torch.device("cpu"))
+        loss, _ = evaluate(decoding_model(model, precision)[0], val, batch_size=8, device=torch.device("cpu"),
+                           id_map=id_map)
         print(f"  {precision:>8} weights: {loss:.4f} ({loss - base:+.4f} nats/token, {(loss - base) / base:+.2%})")
     if skipped:
         print(f"  {skipped}")
@@ -184,7 +195,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds (the best of each is reported)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["compact", "shipped"], help="rows to leave out")
+    parser.add_argument("--compact", action="store_true",
+                        help=f"also the preset's shape with a compact vocabulary of {COMPACT_VOCAB:,} tokens")
+    parser.add_argument("--no-shipped", dest="shipped", action="store_false", help="leave out the shipped model")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -197,11 +210,11 @@ def main() -> None:
           f"torch threads {torch.get_num_threads()}, cores {os.cpu_count()}, CPU capability {cpu_capability()}, "
           f"torch {torch.__version__}")
     shape_rows(config, args.tokens, args.repeats, args.device, f"{args.preset}, full GPT-2 vocabulary", True)
-    if "compact" not in args.skip:
+    if args.compact:
         compact = GPTConfig(**{**config.to_dict(), "vocab_size": COMPACT_VOCAB})
         shape_rows(compact, args.tokens, args.repeats, args.device,
                    f"{args.preset}, compact vocabulary of {COMPACT_VOCAB:,}", False)
-    if "shipped" not in args.skip and args.device == "cpu":
+    if args.shipped and args.device == "cpu":
         shipped_rows(args.tokens, args.repeats)
 
 

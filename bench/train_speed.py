@@ -4,17 +4,19 @@
                                 [--precision fp32] [--with-full-logits] [--data DIR] [--default-malloc]
 
 Both models get the preset's shape (default `seed`: 6 layers, 8 heads, n_embd 384, FFN 1536, full GPT-2
-vocabulary; `quick-cpu` uses its compact vocabulary of the data) at the given context and are trained by
-the same loop as `gpt/train.py`'s step: a random batch from Tiny Shakespeare, forward, mean cross-entropy,
-backward, gradient clipping, fused AdamW (decay on matrices only; both models, whatever the preset's
-optimizer). Ours asks for the loss only (`model(x, y, return_logits=False)`, as the trainer does: the
-chunked cross-entropy of `gpt/model.py`, which never holds the whole logits); Hugging Face's logits go
+vocabulary; `quick-cpu`: 4 x 192 with its compact vocabulary of the data) at the given context and are
+trained by the same loop as `gpt/train.py`'s step: a random batch from Tiny Shakespeare, forward, mean
+cross-entropy, backward, gradient clipping, fused AdamW (decay on matrices only; both models, whatever the
+preset's optimizer). Ours asks for the loss only (`model(x, y, return_logits=False)`, as the trainer does:
+the chunked cross-entropy of `gpt/model.py`, which never holds the whole logits); Hugging Face's logits go
 through `F.cross_entropy`. Both run in fp32; `--precision auto` runs ours at the precision the trainer
-would choose here (bf16 autocast where `gpt.runtime`'s calibration measured bf16 faster on this CPU). `--with-full-logits` adds ours with the whole logits and `F.cross_entropy` (the path
-before the chunked loss) to the same loop, to measure that lever alone.
+would choose here (bf16 autocast where `gpt.runtime`'s calibration measured bf16 faster on this CPU).
+`--with-full-logits` adds ours with the whole logits and `F.cross_entropy` (the path before the chunked
+loss) to the same loop, to measure that lever alone.
 
 The models alternate step by step (and who goes first) so that a change in machine load hits all of them;
-the figure per model is the median over rounds. Like `python -m gpt train`, the process first makes glibc
+tokens/s per model is the median over rounds; a ratio is the median over steps of the paired step times
+(robust to load spikes on a shared machine). Like `python -m gpt train`, the process first makes glibc
 reuse freed memory (`reuse_freed_cpu_memory`; every model gains from it; `--default-malloc` leaves the
 allocator alone, to measure that lever). Prints the CPU capability, the precision and why, tokens/s, the
 ratios, the core count and the load average.
@@ -130,27 +132,32 @@ def main() -> None:
     print(f"CPU capability {cpu_capability()}; ours in {choice.precision} ({choice.reason}), Hugging Face in fp32")
     load_before = os.getloadavg()
     rates: dict[str, list[float]] = {name: [] for name in names}
+    seconds: dict[str, list[float]] = {name: [] for name in names}  # every timed step, in order
     tokens_per_step = args.batch * args.context
     for round_index in range(args.rounds):
-        seconds = dict.fromkeys(names, 0.0)
         for index in range(args.steps):  # alternate step by step (and who goes first) so load drift hits all
             order = names if index % 2 == 0 else names[::-1]
             for name in order:
                 start = time.perf_counter()
                 steps[name](1000 * round_index + index)
-                seconds[name] += time.perf_counter() - start
+                seconds[name].append(time.perf_counter() - start)
         for name in names:
-            rates[name].append(args.steps * tokens_per_step / seconds[name])
+            rates[name].append(args.steps * tokens_per_step / sum(seconds[name][-args.steps :]))
         print(f"round {round_index + 1}: " + ", ".join(f"{name} {rates[name][-1]:.0f}" for name in names)
-              + f" tokens/s; ours/HF {rates[OURS][-1] / rates[HF][-1]:.2f}")
+              + " tokens/s")
     load_after = os.getloadavg()
     medians = {name: statistics.median(values) for name, values in rates.items()}
+
+    def ratio(a: str, b: str) -> str:
+        """How much faster a is than b: the median over steps of b's step time / a's step time, the two
+        steps run back to back (a load spike that hits one step of a pair is an outlier, not a shift)."""
+        return f"{statistics.median(tb / ta for ta, tb in zip(seconds[a], seconds[b], strict=True)):.2f}"
+
     print(f"\nmedian tokens/s: ours {medians[OURS]:.0f}, Hugging Face {medians[HF]:.0f}; "
-          f"ratio ours/HF = {medians[OURS] / medians[HF]:.2f}")
+          f"ours/HF {ratio(OURS, HF)} (median of {len(seconds[OURS])} paired steps)")
     if args.with_full_logits:
-        print(f"ours with the whole logits {medians[OURS_FULL_LOGITS]:.0f} tokens/s: chunked loss / whole logits = "
-              f"{medians[OURS] / medians[OURS_FULL_LOGITS]:.2f}, whole logits / HF = "
-              f"{medians[OURS_FULL_LOGITS] / medians[HF]:.2f}")
+        print(f"ours with the whole logits: {medians[OURS_FULL_LOGITS]:.0f} tokens/s; chunked loss / whole logits "
+              f"{ratio(OURS, OURS_FULL_LOGITS)}; whole logits / HF {ratio(OURS_FULL_LOGITS, HF)}")
     if args.preset == "seed" and args.context == 128 and args.batch == 8:
         print(f"ours / reference {REFERENCE_TOKENS_PER_SECOND} tokens/s = "
               f"{medians[OURS] / REFERENCE_TOKENS_PER_SECOND:.2f}")

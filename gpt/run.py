@@ -302,16 +302,18 @@ def _parse_row(line: bytes) -> dict | None:
 class _MetricsReader:
     """What has been read of one metrics.jsonl: only complete lines, and only those appended since the last
     `update` (keyed by the file's identity, size and modification time). A file that was replaced (another
-    inode) or got shorter is read again from its start."""
+    inode, or the same inode number reused by a new file: its first bytes differ) or got shorter is read
+    again from its start."""
 
     def __init__(self) -> None:
         self.identity: tuple[int, int] | None = None
         self.stamp: tuple[int, int] | None = None
         self.offset = 0  # bytes of complete lines consumed
+        self.head = b""  # the file's first bytes when it was first read
         self.reset()
 
     def reset(self) -> None:
-        self.offset = 0
+        self.offset, self.head = 0, b""
 
     def add(self, line: bytes) -> None:
         raise NotImplementedError
@@ -330,6 +332,10 @@ class _MetricsReader:
             self.reset()
         self.identity, self.stamp = identity, stamp
         with open(path, "rb") as handle:
+            if self.offset and handle.read(len(self.head)) != self.head:
+                self.reset()
+            if not self.head:
+                self.head = handle.read(256)
             handle.seek(self.offset)
             pending = b""
             while chunk := handle.read(_READ_CHUNK):

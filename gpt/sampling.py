@@ -34,12 +34,14 @@ tokens and the chosen token's rank and probability (`Stage`). `stream_generate_i
 (with `forced` tokens first: the branch of an answer at an alternative token).
 
 Decoding precision (`precision`): "float32" is the exact model (token for token what Hugging Face gives
-on the same weights). "int8" stores every matrix of the blocks and the output layer as int8 per output
-row with a float scale (weight-only quantisation; activations go through bf16 into the int8 kernel);
-batch-1 decoding is memory bound, so a quarter of the bytes is most of the speed. "bfloat16" stores them
-as bf16. "auto" times the candidates on this model's own matrices once per machine and model shape and
-takes the fastest if it beats float32 clearly; bf16 is only a candidate where the CPU has native bf16
-(`gpt.runtime.cpu_has_native_bf16`), since elsewhere bf16 matmuls are many times slower.
+on the same weights). Batch-1 decoding is memory bound (every weight is read once per token), so fewer
+bytes per weight is most of the speed: "int8" stores every matrix of the blocks and the output layer as
+int8 per output row with a float scale (weight-only quantisation; activations go through bf16 into the
+int8 kernel); "int8-dynamic" uses the same int8 rows in fbgemm's kernels, which also round each
+activation vector to 8 bits on the fly (x86 CPUs); "bfloat16" stores them as bf16. "auto" times the
+candidates on this model's own matrices (in turns, the fastest of 7 passes each) once per process and
+model shape, and takes the fastest if it beats float32 clearly; bf16 is only a candidate where the CPU
+has native bf16 (`gpt.runtime.cpu_has_native_bf16`), since elsewhere bf16 matmuls are many times slower.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ import copy
 import math
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
@@ -62,11 +65,12 @@ from gpt.fields import check_fields, option
 from gpt.model import GPT, SlidingDecoder
 from gpt.tokenizer import Tokenizer
 
-PRECISIONS = ("float32", "int8", "bfloat16", "auto")
+PRECISIONS = ("float32", "int8", "int8-dynamic", "bfloat16", "auto")
 DRY_SEQUENCE_BREAKERS = ("\n", ":", '"', "*")  # text-generation-webui's defaults
 DRY_MAX_MATCH = 50  # longest match DRY measures (keeps base ** length finite)
 AUTO_MIN_SPEEDUP = 1.2  # a lossy precision must beat float32 by this much for "auto" to choose it
 CANDIDATE_SEARCH = 64  # top-p / typical-p look at this many tokens first and widen only when needed
+AUTO_ROUNDS = 7  # timed passes per candidate for "auto" (the fastest counts)
 
 
 @dataclass
@@ -119,8 +123,9 @@ class SamplingConfig:
                                  help="how many of the most likely tokens each step reports per stage "
                                       "(the stage view); 0 = none")
     precision: str = option("float32", label="Decoding precision", choices=PRECISIONS,
-                            help="float32 = exact; int8 / bfloat16 weights decode faster where the CPU has "
-                                 "fast kernels, at a small cost in quality; auto = the fastest measured here")
+                            help="float32 = exact; int8 / int8-dynamic / bfloat16 weights decode faster where "
+                                 "the CPU has fast kernels, at a small cost in quality; auto = the fastest measured "
+                                 "here")
 
     def __post_init__(self) -> None:
         # These three keep their own words: they say what the value means.
@@ -488,43 +493,73 @@ def top_candidates(probs: torch.Tensor, n: int) -> list[tuple[int, float]]:
 
 # -- decoding precision -----------------------------------------------------------------------------------
 class QuantizedLinear(nn.Module):
-    """A Linear for decoding whose weight is stored as int8 rows with one scale each (weight-only int8), or
-    as bf16. Inputs are rounded to bf16 for the kernel; the output and the bias stay in the input's dtype."""
+    """A Linear for decoding with its weight stored in fewer bytes:
+
+    - "int8": int8 rows with one scale each (weight-only); inputs go to the kernel in bf16;
+    - "int8-dynamic": the same int8 rows in fbgemm's packed form, each input quantised to 8 bits on the fly
+      (per call, its own range: a 7-bit range on CPUs without VNNI, where 8 bits could overflow);
+    - "bfloat16": bf16 rows; inputs in bf16.
+    The output and the bias stay in the input's dtype."""
 
     def __init__(self, linear: nn.Linear, precision: str) -> None:
         super().__init__()
         weight = linear.weight.detach().float()  # (out, in)
+        bias = None if linear.bias is None else linear.bias.detach().float().clone()
         self.precision = precision
-        self.out_features = weight.size(0)
+        self.out_features, self.in_features = weight.shape
+        scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127  # (out,): the row's largest |w| -> 127
         if precision == "int8":
-            scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127  # (out,): the row's largest |w| -> 127
             self.register_buffer("weight", (weight / scale[:, None]).round().clamp(-127, 127).to(torch.int8))
             self.register_buffer("scale", scale.to(torch.bfloat16))
+        elif precision == "int8-dynamic":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch's quantized tensors say they are deprecated; fbgemm is not
+                rows = torch.quantize_per_channel(weight, scale.double(), torch.zeros_like(scale, dtype=torch.long),
+                                                  0, torch.qint8)
+                self.packed = torch.ops.quantized.linear_prepack(rows, bias)
+            self.reduce_range = not cpu_has_vnni()
+            bias = None  # packed with the weight
         elif precision == "bfloat16":
             self.register_buffer("weight", weight.to(torch.bfloat16))
-            self.scale = None
         else:
-            raise ValueError(f"QuantizedLinear stores int8 or bfloat16, not {precision}")
-        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().clone())
+            raise ValueError(f"QuantizedLinear stores int8, int8-dynamic or bfloat16, not {precision}")
+        self.register_buffer("bias", bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, x.size(-1)).to(torch.bfloat16)  # (N, in)
-        if self.precision == "int8":
-            y = torch._weight_int8pack_mm(flat, self.weight, self.scale)  # flat @ (weight * scale).T, (N, out)
+        flat = x.reshape(-1, self.in_features)  # (N, in)
+        if self.precision == "int8-dynamic":
+            y = torch.ops.quantized.linear_dynamic(flat.float().contiguous(), self.packed, self.reduce_range)
+        elif self.precision == "int8":
+            y = torch._weight_int8pack_mm(flat.to(torch.bfloat16), self.weight, self.scale)  # flat @ (w * s).T
         else:
-            y = F.linear(flat, self.weight)
+            y = F.linear(flat.to(torch.bfloat16), self.weight)
         y = y.to(x.dtype).view(*x.shape[:-1], self.out_features)
         return y if self.bias is None else y + self.bias
 
 
+def cpu_has_vnni() -> bool:
+    """Whether the CPU multiplies int8 with VNNI (no int16 overflow in fbgemm's 8-bit dot products)."""
+    from gpt.runtime import _cpu_flags
+
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & _cpu_flags())
+
+
+def has_fbgemm() -> bool:
+    """Whether this PyTorch has fbgemm's int8 kernels (x86 builds)."""
+    return bool({"fbgemm", "x86"} & set(torch.backends.quantized.supported_engines))
+
+
 def quantized_copy(model: GPT, precision: str) -> GPT:
     """A copy of `model` for decoding with every Linear of the blocks and the output layer stored in
-    `precision` ("int8" or "bfloat16"); the embeddings and norms stay as they are (the output layer is no
-    longer tied to the embedding in the copy)."""
+    `precision` ("int8", "int8-dynamic" or "bfloat16"); the embeddings and norms stay as they are (the
+    output layer is no longer tied to the embedding in the copy)."""
     device = model.token_embedding.weight.device
-    if precision == "int8" and device.type != "cpu":
-        raise UserInputError(f"int8 decoding runs on the CPU; on {device.type} use float32 or bfloat16",
+    if precision.startswith("int8") and device.type != "cpu":
+        raise UserInputError(f"{precision} decoding runs on the CPU; on {device.type} use float32 or bfloat16",
                              field="precision")
+    if precision == "int8-dynamic" and not has_fbgemm():
+        raise UserInputError("int8-dynamic needs fbgemm's kernels, which this PyTorch build lacks (x86 only); "
+                             "use int8", field="precision")
     prepared = copy.deepcopy(model).eval()
     for block in prepared.blocks:
         for parent in list(block.modules()):
@@ -540,24 +575,30 @@ def _weights_version(model: GPT) -> tuple[int, ...]:
     return tuple(p._version for p in model.parameters())
 
 
-def _linear_pass_seconds(model: GPT, repeats: int = 5) -> float:
-    """Median seconds to push one token's activation (batch 1) through every matrix of the blocks and the
-    output layer in turn: the memory-bound part of a decoding step."""
+def _linear_pass_seconds(model: GPT) -> float:
+    """Seconds to push one token's activation (batch 1) through every matrix of the blocks and the output
+    layer in turn: the memory-bound part of a decoding step."""
     layers = [m for m in model.blocks.modules() if isinstance(m, nn.Linear | QuantizedLinear)]
     layers.append(model.lm_head)
-    inputs = {}
-    for layer in layers:
-        width = layer.weight.size(1) if layer.weight.dim() == 2 else layer.in_features
-        inputs.setdefault(width, torch.randn(1, width, device=model.token_embedding.weight.device))
-    times = []
+    device = model.token_embedding.weight.device
+    inputs = {layer.in_features: torch.randn(1, layer.in_features, device=device) for layer in layers}
     with torch.inference_mode():
-        for attempt in range(repeats + 1):
-            start = time.perf_counter()
-            for layer in layers:
-                layer(inputs[layer.weight.size(1)])
-            if attempt:  # the first pass warms up the kernels
-                times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+        start = time.perf_counter()
+        for layer in layers:
+            layer(inputs[layer.in_features])
+        return time.perf_counter() - start
+
+
+def time_candidates(models: dict[str, GPT], rounds: int = AUTO_ROUNDS) -> dict[str, float]:
+    """The fastest of `rounds` passes (`_linear_pass_seconds`) of each model, taken in turns after one warm-up
+    pass each, so a busy moment of the machine hits every candidate alike and the minimum is its own speed."""
+    best = {name: math.inf for name in models}
+    for attempt in range(rounds + 1):
+        for name, model in models.items():
+            seconds = _linear_pass_seconds(model)
+            if attempt:
+                best[name] = min(best[name], seconds)
+    return best
 
 
 def choose_precision(seconds: dict[str, float], bf16_note: str = "") -> tuple[str, str]:
@@ -597,16 +638,17 @@ def auto_precision(model: GPT) -> tuple[str, str]:
     key = (repr(model.config), cpu_capability(), torch.get_num_threads())
     if key not in _auto_choices:
         native, evidence = cpu_has_native_bf16()
-        candidates = ["float32", "int8"] + (["bfloat16"] if native else [])
-        seconds = {name: _linear_pass_seconds(model if name == "float32" else _prepared_copy(model, name))
-                   for name in candidates}
+        candidates = ["float32", "int8", *(["int8-dynamic"] if has_fbgemm() else []), *(["bfloat16"] if native else [])]
+        seconds = time_candidates({name: model if name == "float32" else _prepared_copy(model, name)
+                                   for name in candidates})
         _auto_choices[key] = choose_precision(seconds, "" if native else f"bfloat16 not tried: {evidence}")
     return _auto_choices[key]
 
 
 def decoding_model(model: GPT, precision: str) -> tuple[GPT, str, str]:
-    """(the model to decode with, the precision it uses, why). "float32" is `model` itself; "int8" and
-    "bfloat16" are copies made once per model (again after its weights change); "auto" measures."""
+    """(the model to decode with, the precision it uses, why). "float32" is `model` itself; "int8",
+    "int8-dynamic" and "bfloat16" are copies made once per model (again after its weights change);
+    "auto" measures."""
     if precision not in PRECISIONS:
         raise UserInputError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}",
                              field="precision")

@@ -415,7 +415,8 @@ class Trainer:
 
     def _train_step(self) -> float:
         """One optimizer step; returns the loss averaged over micro-batches and processes (NaN/inf as is).
-        A non-finite loss leaves the weights untouched."""
+        A non-finite loss leaves the weights untouched; so does a non-finite gradient norm (fp32/bf16), which
+        raises `_Divergence` (with fp16 the gradient scaler skips such a step and lowers its scale)."""
         lr = cosine_lr(self.config, self.step, self._progress(for_schedule=True))
         for optimizer in self.optimizers:
             for group in optimizer.param_groups:
@@ -442,8 +443,8 @@ class Trainer:
             clip = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip).item()
             self._last_grad_norm = norm
-            if not math.isfinite(norm) and self.precision != "fp16":
-                loss_value = math.nan  # fp32/bf16 gradients should never overflow: treat as divergence
+            if not math.isfinite(norm) and self.precision != "fp16":  # fp32/bf16 gradients never overflow
+                raise _Divergence(f"the gradient norm became {norm} at step {self.step + 1}")
             else:
                 for optimizer in self.optimizers:
                     self.scaler.step(optimizer)

@@ -15,21 +15,20 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, free_port, make_tiny_run
 from gradio_client import Client
 
-from conftest import ROOT, free_port, make_tiny_run
 from gpt import run as runs
 
 ROUTES = {  # endpoint: (its run parameter, its checkpoint parameter or None, the other arguments it needs)
     "/generate": ("run", "checkpoint", {"prompt": "Hi", "max_new_tokens": 2, "seed": 1}),
-    "/checkpoints_1": ("run", None, {}),
+    "/checkpoints": ("run", None, {}),
     "/inspect_checkpoints": ("run_name", "current", {}),
     "/inspect": ("run", "checkpoint", {"text": "Hi there"}),
     "/logit_lens": ("run", "checkpoint", {"text": "Hi there"}),
     "/embeddings": ("run", "checkpoint", {"n": 50}),
     "/replay": ("run", None, {"text": "Hi there"}),
     "/neighbours": ("run", "checkpoint", {"token": "␣the"}),
-    "/inspect_download": ("run_name", "checkpoint_name", {}),
     "/download_run": ("run_name", None, {}),
     "/compare_runs": ("selected", None, {}),
     "/push_to_hub": ("run_name", None, {"repo": "someone/model", "token": "hf_not_a_token"}),
@@ -39,7 +38,8 @@ DATASET_ROUTES = {"/dataset_info": ("dataset_name", {}), "/start_training": ("da
 TARGET_NAMES = {"run", "run_name", "checkpoint", "checkpoint_name", "current", "selected", "to_download", "dataset",
                 "dataset_name"}
 NOT_ATTACKED = {"/runs": "its values only filter the lists it returns", "/prepare": "its name is a new folder, "
-                "made safe by safe_name", "/train_summary": "returns the problem as text (checked below)"}
+                "made safe by safe_name", "/train_summary": "reads only a listed dataset (checked below)",
+                "/inspect_download": "reads no folder: it only titles the views the session already holds"}
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +64,11 @@ def app(tmp_path_factory: pytest.TempPathFactory, data_dir: Path):
 
     JOBS.shutdown()
     demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(app) -> Client:
+    return Client(app[0], verbose=False)
 
 
 def error_of(client: Client, api_name: str, **kwargs) -> str:
@@ -91,7 +96,7 @@ def attacks(root: Path, runs_dir: Path) -> dict[str, str]:
             "a start that never saved": "half-started",
             "a weights file": str(runs_dir / "listed" / runs.LAST_FILE),
             "a system file": "/etc/passwd",
-            "a megabyte of text": "x" * 1_000_000}
+            "long text": "x" * 5_000}
 
 
 def test_every_endpoint_taking_a_run_checkpoint_or_dataset_is_attacked(app) -> None:
@@ -103,9 +108,8 @@ def test_every_endpoint_taking_a_run_checkpoint_or_dataset_is_attacked(app) -> N
 
 
 @pytest.mark.parametrize("api_name", list(ROUTES))
-def test_runs_the_app_never_listed_are_refused(app, api_name: str) -> None:
+def test_runs_the_app_never_listed_are_refused(app, client: Client, api_name: str) -> None:
     url, root, runs_dir, _ = app
-    client = Client(url, verbose=False)
     run_param, checkpoint_param, extra = ROUTES[api_name]
     secrets = [str(root), str(ROOT), str(Path.home()), "/tmp/"]
     for what, value in attacks(root, runs_dir).items():
@@ -115,31 +119,37 @@ def test_runs_the_app_never_listed_are_refused(app, api_name: str) -> None:
         assert "unknown run" in message or "not in the list of choices" in message, (what, message)
 
 
-@pytest.mark.parametrize("api_name", [name for name, route in ROUTES.items() if route[1]])
-def test_checkpoints_the_run_does_not_list_are_refused(app, api_name: str) -> None:
+@pytest.mark.parametrize("api_name", [name for name, route in ROUTES.items() if route[1] and route[1] != "current"])
+def test_checkpoints_the_run_does_not_list_are_refused(app, client: Client, api_name: str) -> None:
     url, root, runs_dir, _ = app
-    client = Client(url, verbose=False)
     run_param, checkpoint_param, extra = ROUTES[api_name]
     secrets = [str(root), str(ROOT), str(Path.home()), "/tmp/"]
     for value in [str(runs_dir / "listed" / runs.LAST_FILE), str(root / "outside" / "run" / runs.LAST_FILE),
-                  "../../outside/run/model.safetensors", "snapshot:99", "/etc/passwd", "y" * 100_000]:
+                  "../../outside/run/model.safetensors", "snapshot:99", "/etc/passwd", "y" * 5_000]:
         message = error_of(client, api_name, **{run_param: "listed", checkpoint_param: value}, **extra)
         assert_clear_refusal(message, value, secrets)
-        assert "has no checkpoint" in message or "not in the list of choices" in message, message
+        assert any(refusal in message for refusal in ("has no checkpoint", "unknown checkpoint",
+                                                      "not in the list of choices")), message
+
+
+def test_a_checkpoint_list_refresh_never_keeps_an_unlisted_value(client: Client) -> None:
+    for value in ["/etc/passwd", "../../outside/run/model.safetensors", "snapshot:99"]:
+        update = client.predict(run_name="listed", current=value, api_name="/inspect_checkpoints")
+        assert update["value"] == "last" and value not in str(update["choices"])
 
 
 @pytest.mark.parametrize("api_name", list(DATASET_ROUTES))
-def test_datasets_the_app_never_listed_are_refused(app, api_name: str) -> None:
+def test_datasets_the_app_never_listed_are_refused(app, client: Client, api_name: str) -> None:
     url, root, _, data = app
-    client = Client(url, verbose=False)
     param, extra = DATASET_ROUTES[api_name]
     secrets = [str(root), str(ROOT), str(Path.home()), "/tmp/"]
-    for value in [str(root / "outside" / "data"), "../outside/data", str(data / "tiny"), "/etc", "z" * 100_000]:
+    for value in [str(root / "outside" / "data"), "../outside/data", str(data / "tiny"), "/etc", "z" * 5_000]:
         message = error_of(client, api_name, **{param: value}, **extra)
         assert_clear_refusal(message, value, secrets)
         assert "unknown dataset" in message or "not in the list of choices" in message, message
-    summary = client.predict(dataset=str(root / "outside" / "data"), api_name="/train_summary")
-    assert "unknown dataset" in summary and str(root) not in summary.replace(str(root / "outside" / "data"), "")
+    # the plan reads only a listed dataset: any other value is a plan without data, as with none
+    summary = client.predict(preset="tiny", dataset=str(root / "outside" / "data"), api_name="/train_summary")
+    assert summary == client.predict(preset="tiny", dataset="", api_name="/train_summary")
 
 
 def test_a_run_trained_after_start_up_is_served(app) -> None:
@@ -147,7 +157,7 @@ def test_a_run_trained_after_start_up_is_served(app) -> None:
     url, _, runs_dir, _ = app
     make_tiny_run(runs_dir / "new-run")
     client = Client(url, verbose=False)
-    assert client.predict(run="new-run", api_name="/checkpoints_1")["value"] == "last"
+    assert client.predict(run="new-run", api_name="/checkpoints")["value"] == "last"
     assert Path(client.predict(run_name="new-run", api_name="/download_run")).name == "new-run.zip"
     assert client.predict(selected=["new-run"], api_name="/compare_runs") is not None
     for api_name in ("/inspect", "/embeddings", "/neighbours", "/generate"):
@@ -155,21 +165,25 @@ def test_a_run_trained_after_start_up_is_served(app) -> None:
         client.predict(**{run_param: "new-run", checkpoint_param: "last"}, **extra, api_name=api_name)
 
 
-def test_a_neighbours_query_of_a_megabyte_is_not_echoed(app) -> None:
-    url, *_ = app
-    message = error_of(Client(url, verbose=False), "/neighbours", run="listed", checkpoint="last", token="q" * 1_000_000)
-    assert "1,000,000 characters, not a token" in message and len(message) < 300
+@pytest.mark.parametrize(("api_name", "param"), [("/neighbours", "token"), ("/generate", "run"),
+                                                  ("/inspect", "run"), ("/download_run", "run_name")])
+def test_a_megabyte_sent_is_not_echoed(client: Client, api_name: str, param: str) -> None:
+    run_param, checkpoint_param, extra = ROUTES[api_name]
+    arguments = {**extra, run_param: "listed", **({checkpoint_param: "last"} if checkpoint_param else {})}
+    message = error_of(client, api_name, **{**arguments, param: "q" * 1_000_000})
+    assert "1,000,00" in message and len(message) < 300, message[:300]
 
 
-def test_a_seed_of_2_to_the_70_is_a_clear_message(app) -> None:
-    url, *_ = app
-    client = Client(url, verbose=False)
+def test_a_training_seed_of_2_to_the_70_is_a_clear_message(client: Client) -> None:
     message = error_of(client, "/start_training", preset="tiny", dataset="tiny", run_name="big-seed",
                        fields={"seed": 2**70, "max_steps": 3, "device": "cpu"})
     assert "seed must be an integer in [0, 9223372036854775807]" in message, message
+
+
+def test_a_sampling_seed_of_2_to_the_70_is_a_clear_message(client: Client) -> None:
     message = error_of(client, "/generate", prompt="Hi", run="listed", checkpoint="last", max_new_tokens=2,
                        seed=2**70)
-    assert "seed" in message and message.strip() != "Error", message
+    assert "seed" in message and "internal error" not in message, message
 
 
 @pytest.mark.slow

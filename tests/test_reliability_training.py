@@ -97,6 +97,34 @@ def test_an_evaluation_far_above_the_best_is_divergence(data_dir: Path, tmp_path
     assert runs.load_run(tmp_path / "run").step == 5 and steps_of(tmp_path / "run", "sample") == [0, 5]
 
 
+class InfiniteGradient(torch.autograd.Function):
+    """The identity forward; an infinite gradient backward (a finite loss whose gradient overflowed)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad * float("inf")
+
+
+def test_an_infinite_gradient_is_divergence_named_as_such(data_dir: Path, tmp_path: Path) -> None:
+    trainer = make_trainer(data_dir, tmp_path / "run", max_steps=20)
+    model = trainer.model
+
+    def overflowing(x: torch.Tensor, y: torch.Tensor, **options) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, loss = model(x, y, **options)
+        return logits, InfiniteGradient.apply(loss) if trainer.step >= 7 else loss
+
+    trainer.train_model = overflowing
+    assert trainer.run() == "diverged"
+    message = runs.run_status(tmp_path / "run")["message"]
+    assert message.startswith("the gradient norm became ") and " at step 8; " in message
+    assert "model.safetensors and trainer_state.pt at step 5" in message
+    assert runs.load_run(tmp_path / "run").step == 5 and steps_of(tmp_path / "run", "train")[-1] == 7
+
+
 def test_nan_weights_are_never_saved(data_dir: Path, tmp_path: Path) -> None:
     """A burst's save (and a snapshot) checks the weights: NaN weights mark the run diverged, and the files
     keep the last good checkpoint."""

@@ -222,6 +222,17 @@ def test_read_metrics_parses_only_what_was_appended(tmp_path: Path, monkeypatch:
     assert [row["step"] for row in ckpt.read_metrics(tmp_path)] == [0, 1, 2]
 
 
+def test_a_new_file_in_the_place_of_a_read_one_is_read_from_its_start(tmp_path: Path) -> None:
+    """A restarted run deletes its metrics and writes new ones, which may get the old inode number back."""
+    ckpt.append_metrics(tmp_path, {"kind": "train", "step": 1, "time": 1.0})
+    assert len(ckpt.read_metrics(tmp_path)) == 1
+    path = tmp_path / ckpt.METRICS_FILE
+    stat = path.stat()
+    path.write_text('{"kind": "status", "step": 0, "time": 2.0}\n{"kind": "train", "step": 1, "time": 3.0}\n')
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))  # same inode, longer, new content
+    assert [row["kind"] for row in ckpt.read_metrics(tmp_path)] == ["status", "train"]
+
+
 def test_an_endless_line_is_skipped_not_held(tmp_path: Path) -> None:
     ckpt.append_metrics(tmp_path, {"kind": "train", "step": 1})
     with open(tmp_path / ckpt.METRICS_FILE, "a") as handle:

@@ -25,7 +25,8 @@ def dataset_dir(dirs: AppDirs, name: str | None) -> Path:
     if name not in names:
         if not name:
             raise UserInputError("choose a prepared dataset (prepare one in the Data tab)")
-        raise UserInputError(f"unknown dataset {name!r}; choose one of: {', '.join(names) or 'none yet'}")
+        shown = repr(name) if len(repr(name)) <= 80 else f"{repr(name)[:80]}… ({len(repr(name)):,} characters)"
+        raise UserInputError(f"unknown dataset {shown}; choose one of: {', '.join(names) or 'none yet'}")
     return dirs.data / name
 
 

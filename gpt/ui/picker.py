@@ -59,9 +59,14 @@ def wire_picker(dirs: AppDirs, picker: Picker, demo: gr.Blocks, api_prefix: str)
         names = checkpoint_choices(known_run(dirs, run_name))
         return gr.update(choices=names, value=current if current in names else ("last" if "last" in names else None))
 
-    picker.run.focus(refresh, picker.run, picker.run, api_visibility="private", show_progress="hidden")
-    demo.load(refresh, picker.run, picker.run, api_visibility="private", show_progress="hidden")
+    # Private events are named too: Gradio would name them after the function ("checkpoints"), taking
+    # that name from another tab's public endpoint.
+    picker.run.focus(refresh, picker.run, picker.run, api_name=f"{api_prefix}_refresh_runs",
+                     api_visibility="private", show_progress="hidden")
+    demo.load(refresh, picker.run, picker.run, api_name=f"{api_prefix}_load_runs", api_visibility="private",
+              show_progress="hidden")
     picker.run.change(checkpoints, [picker.run, picker.checkpoint], picker.checkpoint,
                       api_name=f"{api_prefix}_checkpoints", show_progress="hidden")
     picker.checkpoint.focus(checkpoints, [picker.run, picker.checkpoint], picker.checkpoint,
-                            api_visibility="private", show_progress="hidden")
+                            api_name=f"{api_prefix}_refresh_checkpoints", api_visibility="private",
+                            show_progress="hidden")

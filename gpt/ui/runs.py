@@ -290,12 +290,10 @@ def _peek_weights(archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str,
     the step in its metadata (None when absent)."""
     try:
         with archive.open(info) as stream:
-            head = stream.read(8)
-            length = safetensors_header_length(head, name) if len(head) == 8 else 0
-            raw = stream.read(length) if length else b""
+            length = safetensors_header_length(stream.read(8), name)  # refuses zeros or a huge header unread
+            raw = stream.read(length)
     except UNZIP_ERRORS as error:
         raise UserInputError(f"{name} cannot be read from the zip ({error})") from None
-    safetensors_header_length(head, name)
     try:
         header = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -375,7 +373,8 @@ def _plan_upload(archive: zipfile.ZipFile, upload: str
     kept: dict[str, zipfile.ZipInfo] = {}
     for name, info in members.items():
         if not ALLOWED.match(name):
-            notes.append(f"left out {quote(name)}: only the run's JSON, text and .safetensors files are accepted")
+            shown = name if len(name) <= QUOTE_CHARS and name.isprintable() else quote(name)
+            notes.append(f"left out {shown}: only the run's JSON, text and .safetensors files are accepted")
         elif name in TEXT_CAPS and info.file_size > TEXT_CAPS[name]:
             if name == CONFIG_FILE:
                 raise UserInputError(f"{CONFIG_FILE} is {info.file_size:,} bytes; at most {TEXT_CAPS[name]:,} "

@@ -279,12 +279,14 @@ def build(dirs: AppDirs) -> TrainTab:
     table = gr.Dataframe(runs_table(dirs), interactive=False, wrap=True, elem_id="train-runs")
     with gr.Row():
         refresh = gr.Button("↻ Refresh runs", elem_id="train-refresh", scale=0, min_width=140)
+        # custom values: the handlers check them against the runs listed at the time of the call (`known_run`)
         compare = gr.Dropdown(run_choices(dirs), multiselect=True, label="Overlay the curves of these runs",
-                              elem_id="train-compare")
+                              elem_id="train-compare", allow_custom_value=True)
     compare_plot = gr.Plot(label="Runs compared", elem_id="train-compare-plot")
     with gr.Row():
         with gr.Column():
-            download_run = gr.Dropdown(run_choices(dirs), label="Run to download", elem_id="train-download-run")
+            download_run = gr.Dropdown(run_choices(dirs), label="Run to download", elem_id="train-download-run",
+                                       allow_custom_value=True)
             download = gr.Button("Make zip", elem_id="train-download")
             zip_file = gr.File(label="Run zip", interactive=False, elem_id="train-zip")
         with gr.Column():
