@@ -117,7 +117,7 @@ class SamplingConfig:
                                  help="the answer ends after this many tokens")
     stop_at_eot: bool = option(True, label="Stop at end of text",
                                help="end the answer when the model produces <|endoftext|>")
-    seed: int | None = option(None, label="Seed", minimum=0, optional=True,
+    seed: int | None = option(None, label="Seed", minimum=0, maximum=2**63 - 1, optional=True,
                               help="same seed, same text; empty = a new random draw each time")
     top_candidates: int = option(0, label="Candidates per stage", minimum=0, step=1, ui_maximum=50,
                                  help="how many of the most likely tokens each step reports per stage "
@@ -135,8 +135,8 @@ class SamplingConfig:
             raise UserInputError(
                 f"repetition_penalty must be a number > 0 (1.0 = off, above 1 discourages repeats), "
                 f"got {self.repetition_penalty!r}", field="repetition_penalty")
-        if self.seed is not None and (not is_int(self.seed) or self.seed < 0):
-            raise UserInputError(f"seed must be a non-negative integer or empty (random), got {self.seed!r}",
+        if self.seed is not None and (not is_int(self.seed) or not 0 <= self.seed < 2**63):
+            raise UserInputError(f"seed must be a non-negative integer below 2^63, or empty (random); got {self.seed!r}",
                                  field="seed")
         check_fields(self)
 

@@ -55,7 +55,7 @@ def test_push_without_a_token_or_with_bad_input_says_what_to_fix(client: Client,
         client.predict("tiny-random", "someone/tiny-random", False, "", api_name="/push_to_hub")
     with pytest.raises(Exception, match="not a Hugging Face repository id"):
         client.predict("tiny-random", "not a repo", False, "", api_name="/push_to_hub")
-    with pytest.raises(Exception, match="unknown run 'etc'"):
+    with pytest.raises(Exception, match="unknown run '/?etc'"):
         client.predict("/etc", "someone/x", False, "", api_name="/push_to_hub")
 
 
