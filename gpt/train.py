@@ -25,6 +25,10 @@ evaluation in `gpt/evaluate.py`, the run folder in `gpt/run.py`. The rows of `me
     heads:  step, per-head scores (layer x head lists) and the in-context learning score on a fixed probe
             (`gpt.inspection.score_probe`), at each evaluation when `head_scores` is on
     status: step, status (running | stopped | finished | diverged | failed), message, elapsed
+A run diverges when the loss or the gradient norm is NaN/inf, when the weights hold NaN/inf before a save,
+or when an evaluation is NaN/inf or more than `DIVERGED_EVAL_MARGIN` nats above the best: it stops with
+the `diverged` status, without sampling from the broken model, and names the checkpoint it keeps; a
+checkpoint is written only after a healthy evaluation (or weights check), so that one is good.
 Resuming on the same device with dropout 0 reproduces the losses of an uninterrupted run exactly on CPU:
 the trainer state holds the fp32 weights, optimizer moments, step, counters and random states, and batches
 are a pure function of (seed, step, micro-batch).

@@ -119,12 +119,14 @@ KILLS = [  # in an order each is reached with steps to spare, whatever the rando
 
 
 class Harness:
-    def __init__(self) -> None:
-        self.process = subprocess.Popen([sys.executable, "-c", HARNESS], cwd=ROOT, stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, text=True)
+    def __init__(self, log: Path) -> None:
+        self.log = log
+        with open(log, "w") as errors:
+            self.process = subprocess.Popen([sys.executable, "-c", HARNESS], cwd=ROOT, stdin=subprocess.PIPE,
+                                            stdout=subprocess.PIPE, stderr=errors, text=True)
 
     def wait_ready(self) -> None:
-        assert self.process.stdout.readline().strip() == "ready"
+        assert self.process.stdout.readline().strip() == "ready", log_tail(self.log)
 
     def start(self, argv: list[str], log: Path, pause: dict | None, marker: Path) -> int:
         job = {"argv": argv, "log": str(log), "pause": pause, "marker": str(marker)}
@@ -188,7 +190,7 @@ def test_sigkill_at_any_moment_leaves_a_loadable_resumable_or_restartable_folder
     first = ["train", "--data", str(data_dir), *TRAIN_FLAGS, "--out", str(run)]
     states: list[str] = []
 
-    harness = Harness()  # starts importing while the real process below runs
+    harness = Harness(tmp_path / "harness.log")  # starts importing while the real process below runs
     # A real `python -m gpt train` process, killed at a random moment once its run folder exists.
     process = subprocess.Popen([sys.executable, "-m", "gpt", *first], cwd=ROOT, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
