@@ -13,7 +13,7 @@ CAFE = "Café crème, naïve façade"
 def upload_and_load(page, path) -> None:
     page.get_by_label("Upload files").check()
     page.locator("#data-files input[type=file]").set_input_files(str(path))
-    page.locator("#data-files", has_text=path.name).wait_for()
+    page.locator("#data-files", has_text=path.name).wait_for(timeout=90_000)  # uploads are slow on a loaded machine
     page.locator("#data-load").click()
 
 
