@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from gpt.config import PRECISIONS, TrainConfig, resolve_preset
+from gpt.config import PRESETS, TrainConfig, resolve_preset
 from gpt.data import get_batch, load_split, prepare_dataset, token_id_map
 from gpt.model import GPT, GPTConfig
 from gpt.optim import configure_optimizers
@@ -90,12 +90,13 @@ def make_step(name: str, model: torch.nn.Module, tokens, id_map, autocast_dtype:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="seed", help="model shape (and vocabulary) of this preset")
+    parser.add_argument("--preset", default="seed", choices=sorted(PRESETS),
+                        help="model shape (and vocabulary) of this preset")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per model per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--context", type=int, default=128)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--precision", default="fp32", choices=PRECISIONS[:3],
+    parser.add_argument("--precision", default="fp32", choices=("auto", "fp32", "bf16"),
                         help="ours (auto: what the trainer picks on this CPU); Hugging Face always runs fp32")
     parser.add_argument("--with-full-logits", action="store_true",
                         help="also time ours with the whole logits and F.cross_entropy, in the same loop")

@@ -51,9 +51,11 @@ NORMS = ("layernorm", "rmsnorm")
 NORM_EPS = 1e-5
 ROPE_BASE = 10000.0
 INIT_STD = 0.02
-# `chunked_cross_entropy` holds at most this many bytes of fp32 logits at once. Smaller blocks cost time
-# on a CPU (each adds a pass over the (V, C) weight gradient and makes the matmuls thinner), so they stay big.
-LOSS_CHUNK_BYTES = 128 * 2**20
+# `chunked_cross_entropy` holds at most this many bytes of fp32 logits at once. Each extra block costs a pass
+# over the (V, C) weight gradient and thinner matmuls: on 2 CPU cores 2 blocks of the `seed` benchmark's
+# 206 MB ran ~5% slower than 1 (bench/train_speed.py), so blocks stay big; the seed preset's own batch
+# (16 x 256 tokens, 823 MB of logits) takes 4 blocks, and its peak memory per step drops from 6.0 to 1.6 GB.
+LOSS_CHUNK_BYTES = 256 * 2**20
 IGNORE_INDEX = -1  # targets equal to this are left out of the loss
 
 

@@ -159,20 +159,21 @@ def cpu_bf16_speedup(use_cache: bool = True) -> float:
     machine (about a second) and cached."""
     path = cache_dir() / "cpu-bf16.json"
     key = _machine_key()
-    if use_cache:
-        try:
-            cached = json.loads(path.read_text())
-            if cached.get("key") == key:
-                return float(cached["speedup"])
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
+    try:  # one entry per machine key, so processes with other thread counts never evict each other's
+        cached = json.loads(path.read_text())
+        entries = cached if isinstance(cached, dict) else {}
+    except (OSError, ValueError):
+        entries = {}
+    if use_cache and isinstance(entries.get(key), dict) and "speedup" in entries[key]:
+        return float(entries[key]["speedup"])
     fp32 = _time_training_steps(bf16=False)
     # where bf16 is emulated one step can take seconds: three tell enough
     bf16 = _time_training_steps(bf16=True, repeat=3)
     speedup = fp32 / bf16 if bf16 > 0 else 0.0
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"key": key, "speedup": speedup, "fp32_s": fp32, "bf16_s": bf16}))
+        entries[key] = {"speedup": speedup, "fp32_s": fp32, "bf16_s": bf16}
+        path.write_text(json.dumps(entries))
     except OSError:
         pass  # a read-only home: measure again next time
     return speedup
