@@ -136,7 +136,8 @@ class SamplingConfig:
                 f"repetition_penalty must be a number > 0 (1.0 = off, above 1 discourages repeats), "
                 f"got {self.repetition_penalty!r}", field="repetition_penalty")
         if self.seed is not None and not (is_int(self.seed) and 0 <= self.seed < 2**63):
-            raise UserInputError(f"seed must be a non-negative integer below 2^63, or empty (random); got {self.seed!r}",
+            raise UserInputError(f"seed must be a non-negative integer below 2^63, or empty (random); "
+                                 f"got {self.seed!r}",
                                  field="seed")
         check_fields(self)
 
