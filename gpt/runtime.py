@@ -74,7 +74,8 @@ def cpu_capability() -> str:
     return torch.backends.cpu.get_cpu_capability()
 
 
-def _cpu_flags() -> set[str]:
+def cpu_flags() -> set[str]:
+    """The CPU feature flags /proc/cpuinfo lists (x86 "flags", ARM "Features"); empty where unreadable."""
     try:
         text = Path("/proc/cpuinfo").read_text(errors="replace")
     except OSError:
@@ -90,7 +91,7 @@ def cpu_has_native_bf16(capability: str | None = None, flags: set[str] | None = 
                         machine: str | None = None) -> tuple[bool, str]:
     """Whether the CPU has bf16 instructions PyTorch's kernels can use, and the evidence in words."""
     capability = capability or cpu_capability()
-    flags = _cpu_flags() if flags is None else flags
+    flags = cpu_flags() if flags is None else flags
     machine = machine or platform.machine()
     if machine in ("aarch64", "arm64"):
         if "bf16" in flags or machine == "arm64":  # Apple M2+ and ARMv8.6 report bf16; Linux lists it in Features
@@ -111,7 +112,7 @@ def cache_dir() -> Path:
 
 
 def _machine_key() -> str:
-    flags = " ".join(sorted(_cpu_flags()))
+    flags = " ".join(sorted(cpu_flags()))
     parts = [platform.machine(), cpu_capability(), torch.__version__, str(torch.get_num_threads()),
              os.environ.get("ONEDNN_MAX_CPU_ISA", ""), os.environ.get("MKL_ENABLE_INSTRUCTIONS", ""), flags]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]

@@ -540,9 +540,9 @@ class QuantizedLinear(nn.Module):
 
 def cpu_has_vnni() -> bool:
     """Whether the CPU multiplies int8 with VNNI (no int16 overflow in fbgemm's 8-bit dot products)."""
-    from gpt.runtime import _cpu_flags
+    from gpt.runtime import cpu_flags
 
-    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & _cpu_flags())
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags())
 
 
 def has_fbgemm() -> bool:

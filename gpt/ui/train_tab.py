@@ -20,6 +20,7 @@ from pathlib import Path
 import gradio as gr
 
 from gpt.config import PRESETS, TrainConfig, default_preset, get_preset, resolve_preset
+from gpt.data.folder import read_meta
 from gpt.errors import UserInputError
 from gpt.fields import FieldSpec, field_specs
 from gpt.figures import head_scores_over_steps, training_figure
@@ -166,8 +167,6 @@ def start_run(dirs: AppDirs, request: dict, progress=None) -> Path:
         raise UserInputError(f"A run named {folder!r} exists already; choose another run name.", field="run_name")
     plan = make_plan(model, train, data_dir)  # checks device and precision before anything is written
     tokenizer = tokenizer_for(train.vocab, data_dir)
-    from gpt.data.folder import read_meta
-
     config = RunConfig(model=plan.model, train=train, data=DataRef(str(data_dir), read_meta(data_dir)),
                        tokenizer=tokenizer, preset=preset)
     return JOBS.start(config, run_dir).run_dir
