@@ -1,13 +1,16 @@
 """The 5-minute CPU speedrun: how good a model gets from random weights in a fixed wall-clock budget.
 
-    python -m bench.speedrun_cpu [--preset quick-cpu] [--seconds 300] [--runs 3] [--data DIR]
+    python -m bench.speedrun_cpu [--preset quick-cpu] [--seconds 300] [--runs 3] [--data DIR] [--dev]
                                  [--out DIR] [--plot assets/speedrun_cpu.svg] [-- extra train flags]
 
 Everything goes through the project's own command line: `python -m gpt prepare` (Tiny Shakespeare into a
 temporary folder when --data has no prepared dataset), `python -m gpt train --max-minutes` (the trainer's
 clock counts training steps only: evaluation and checkpoint saving are excluded from the budget), then
 `python -m gpt eval RUN --json` over the whole validation split (deterministic, non-overlapping windows).
-Run i uses seed 1337 + i; with --runs N the reported figure is the median of the N final figures.
+`--dev` trains and scores on a development slice instead, for choosing levers without looking at the
+validation split: the training text alone is split again, its last ninth (about 10% of the corpus) becoming
+the held-out "dev" text and the rest the training text, so no validation byte is read at all. Run i uses
+seed 1337 + i; with --runs N the reported figure is the median of the N final figures.
 Prints the curve (bits/byte of the in-training evaluations against training seconds; those use the
 preset's `eval_batches` only), the final whole-split figure, the CPU capability and the precision the
 trainer chose on it (`auto` decides for the machine: `-- --precision fp32` forces the other path, and
@@ -50,6 +53,23 @@ def ensure_data(data: Path | None, scratch: Path) -> Path:
     return out
 
 
+def dev_slice(data: Path, scratch: Path) -> Path:
+    """A dataset made of `data`'s training text only: its first 8/9 to train on, its last 1/9 held out.
+
+    The training text is recovered exactly by decoding train.bin (GPT-2 BPE is lossless), then prepared by
+    `python -m gpt prepare` like any corpus, so the dev figures come from the same code path as the real ones."""
+    from gpt.data import load_split
+    from gpt.tokenizer import Tokenizer
+
+    text = Tokenizer().decode(load_split(data, "train").tolist())
+    source = scratch / f"{data.name}-train-text.txt"
+    source.write_text(text, encoding="utf-8")
+    out = scratch / f"{data.name}-dev"
+    print(f"development slice: the training text of {data} ({len(text):,} characters), its last ninth held out")
+    gpt_cli("prepare", str(source), "--out", str(out), "--val-fraction", str(1 / 9), "--quiet")
+    return out
+
+
 def one_run(index: int, args: argparse.Namespace, data: Path, out: Path) -> dict:
     run = out / f"run-{index}"
     command = ["train", "--data", str(data), "--preset", args.preset, "--out", str(run),
@@ -75,14 +95,16 @@ def one_run(index: int, args: argparse.Namespace, data: Path, out: Path) -> dict
     print("  seconds  bits/byte (in-training evaluations)")
     for seconds, bpb in curve:
         print(f"  {seconds:7.1f}  {bpb:.4f}")
-    print(f"  whole validation split: {result['final_bits_per_byte']:.4f} bits/byte at step {result['step']} "
+    split = "development slice" if args.dev else "validation split"
+    print(f"  whole {split}: {result['final_bits_per_byte']:.4f} bits/byte at step {result['step']} "
           f"after {result['train_seconds']:.0f} s of training ({wall:.0f} s wall), "
           f"median {result['tokens_per_second']:.0f} tokens/s", flush=True)
     return result
 
 
-def write_svg(results: list[dict], path: Path, title: str) -> None:
-    """A small dependency-free line chart of bits/byte against training seconds, one line per run."""
+def write_svg(results: list[dict], path: Path, title: str, labels: list[str] | None = None) -> None:
+    """A small dependency-free line chart of bits/byte against training seconds, one line per run
+    (`labels`: a legend entry per run)."""
     width, height, pad = 640, 400, 50
     points = [p for r in results for p in r["curve"][1:]]
     x_max = max(p[0] for p in points) or 1.0
@@ -98,7 +120,8 @@ def write_svg(results: list[dict], path: Path, title: str) -> None:
     def xy(seconds: float, bpb: float) -> str:
         return f"{x_of(seconds):.1f},{y_of(bpb):.1f}"
 
-    colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"]
+    colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+              "#17becf"]
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
              f'font-size="12"><rect width="100%" height="100%" fill="white"/>',
              f'<text x="{width / 2}" y="20" text-anchor="middle" font-size="14">{title}</text>',
@@ -118,6 +141,11 @@ def write_svg(results: list[dict], path: Path, title: str) -> None:
         parts.append(f'<polyline points="{line}" stroke="{colors[i % len(colors)]}" stroke-width="2" fill="none"/>')
         end_x, end_y = x_of(result["train_seconds"]), y_of(result["final_bits_per_byte"])
         parts.append(f'<circle cx="{end_x:.1f}" cy="{end_y:.1f}" r="4" fill="{colors[i % len(colors)]}"/>')
+        if labels:
+            y = pad + 14 * i
+            parts.append(f'<line x1="{width - pad - 150}" y1="{y - 4}" x2="{width - pad - 135}" y2="{y - 4}" '
+                         f'stroke="{colors[i % len(colors)]}" stroke-width="2"/>')
+            parts.append(f'<text x="{width - pad - 130}" y="{y}">{labels[i]}</text>')
     parts.append("</svg>")
     path.write_text("\n".join(parts) + "\n", encoding="utf-8")
 
@@ -145,9 +173,13 @@ def main() -> int:
                         help="independent runs (default 3); the figure is their median")
     parser.add_argument("--data", type=Path, help="prepared data folder (default: data/tinyshakespeare, "
                                                    "prepared into a temporary folder when missing)")
+    parser.add_argument("--dev", action="store_true",
+                        help="train on the first 8/9 of the training text and score on its last 1/9 (the "
+                             "validation split is not read): for choosing levers")
     parser.add_argument("--out", type=Path, help="folder for the runs (default: a temporary folder)")
     parser.add_argument("--plot", type=Path, default=ROOT / "assets" / "speedrun_cpu.svg",
                         help="SVG to write (an .html plotly figure is written next to it)")
+    parser.add_argument("--results", type=Path, help="also write every run's figures as JSON here")
     parser.add_argument("train_flags", nargs="*", help="extra flags for python -m gpt train, after --")
     args = parser.parse_args()
     if args.runs < 1 or args.seconds <= 0:
@@ -155,6 +187,8 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="speedrun-") as scratch:
         data = ensure_data(args.data or ROOT / "data" / "tinyshakespeare", Path(scratch))
+        if args.dev:
+            data = dev_slice(data, Path(scratch))
         out = args.out or Path(scratch) / "runs"
         out.mkdir(parents=True, exist_ok=True)
         load_before = os.getloadavg()
@@ -164,8 +198,9 @@ def main() -> int:
     figure = statistics.median(r["final_bits_per_byte"] for r in results)
     cores = os.cpu_count()
     first = results[0]
+    split = "development slice" if args.dev else "validation"
     title = (f"{args.preset}, {args.seconds:.0f} s on {cores} CPU cores ({first['cpu_capability']}, "
-             f"{first['precision']}): median {figure:.3f} bits/byte over {args.runs} run(s)")
+             f"{first['precision']}): median {figure:.3f} {split} bits/byte over {args.runs} run(s)")
     args.plot.parent.mkdir(parents=True, exist_ok=True)
     write_svg(results, args.plot, title)
     write_html(results, args.plot.with_suffix(".html"), title)
@@ -176,6 +211,11 @@ def main() -> int:
     print(f"CPU capability {first['cpu_capability']}; precision {first['precision_reason']}")
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (1 min)")
     print(f"sample (run 1, last in-training sample): {results[0]['sample']!r}")
+    if args.results:
+        summary = {"preset": args.preset, "seconds": args.seconds, "split": split, "train_flags": args.train_flags,
+                   "median_bits_per_byte": figure, "cores": cores, "load_average": [load_before[0], load_after[0]],
+                   "runs": results}
+        args.results.write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     print(f"curve: {args.plot} and {args.plot.with_suffix('.html')}")
     return 0
 

@@ -113,7 +113,7 @@ def main() -> None:
         prepare_dataset([ROOT / "assets" / "data" / "tinyshakespeare.txt"], folder)
     tokens = load_split(folder, "train")
     _, preset_train = resolve_preset(args.preset)
-    tokenizer = tokenizer_for(preset_train.vocab, folder)
+    tokenizer = tokenizer_for(preset_train.vocab, folder, preset_train.vocab_limit)
     config = GPTConfig.from_preset(args.preset, context_length=args.context, vocab_size=tokenizer.vocab_size)
     choice = resolve_precision(args.precision, torch.device("cpu"))
     ours_dtype = None if choice.precision == "fp32" else low_precision_dtype(choice.precision)

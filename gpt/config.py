@@ -19,6 +19,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 WANDB_MODES = ("off", "offline", "online")
 VOCABS = ("full", "compact")
 OPTIMIZERS = ("adamw", "muon")
+SCHEDULES = ("cosine", "wsd")
 SAVE_DTYPES = ("float32", "float16", "bfloat16")
 STOP_FIELDS = ("max_steps", "max_minutes", "epochs")
 
@@ -87,11 +88,24 @@ class TrainConfig:
     wandb_project: str = option("gpt-playground", label="W&B project", help="W&B project name")
     vocab: str = option("full", label="Vocabulary (compact: only the data's tokens)",
                         help="full GPT-2 vocabulary, or only the tokens that occur in the data", choices=VOCABS)
+    vocab_limit: int | None = option(None, label="Compact vocabulary: most frequent tokens (0 = all)",
+                                     help="with vocab compact: keep only the N most frequent training tokens "
+                                          "(plus the 256 single bytes) and spell rarer ones with them",
+                                     minimum=1, optional=True)
     optimizer: str = option("adamw", label="Optimizer (muon: Muon for block matrices)",
                             help="AdamW for everything, or Muon for the blocks' matrices and AdamW for the rest",
                             choices=OPTIMIZERS)
     muon_learning_rate: float = option(0.02, label="Muon learning rate", help="peak learning rate of Muon",
                                        minimum=0, exclusive_minimum=True)
+    schedule: str = option("cosine", label="LR schedule", help="after warmup: cosine decay to min LR, or wsd "
+                           "(warmup-stable-decay: the peak until the cooldown, then linear to min LR)",
+                           choices=SCHEDULES)
+    cooldown_fraction: float = option(0.3, label="Cooldown share (wsd)", help="share of the run the wsd "
+                                      "schedule spends decaying", minimum=0.0, maximum=1.0, step=0.05)
+    ema_decay: float = option(0.0, label="Weight averaging (EMA decay, 0 = off)", help="evaluate, sample and "
+                              "save an exponential moving average of the weights, updated every step with "
+                              "this decay (0.99: about the last 100 steps)", minimum=0.0, maximum=1.0,
+                              exclusive_maximum=True, step=0.001)
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -99,6 +113,9 @@ class TrainConfig:
             raise UserInputError("device must be auto, cpu, cuda, cuda:N or mps", field="device")
         if all(getattr(self, name) is None for name in STOP_FIELDS):
             raise UserInputError("say when to stop: set max_steps, max_minutes or epochs", field="max_steps")
+        if self.vocab_limit is not None and self.vocab != "compact":
+            raise UserInputError(f"vocab_limit ({self.vocab_limit}) cuts a compact vocabulary: set vocab to "
+                                 "compact, or leave vocab_limit unset", field="vocab_limit")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -133,15 +150,16 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
                "vocab": "compact"},
     ),
     Preset(
-        # 5 minutes on 2 CPU cores (bench/speedrun_cpu.py; each choice measured in the README's lever table):
-        # compact vocabulary, Muon for the block matrices, cosine schedule over the wall clock.
+        # 5 minutes on 2 CPU cores (bench/speedrun_cpu.py; each choice measured in the README's lever tables,
+        # chosen on the development slice): compact vocabulary, Muon for the block matrices, cosine schedule
+        # over the wall clock, and the weights averaged (EMA 0.998) for evaluation and saving.
         "quick-cpu",
         "the 5-minute CPU recipe: 4 layers x 192 wide, compact vocabulary (about 4.1 M parameters on Tiny "
-        "Shakespeare), Muon, 5 minutes; ~0.1-0.3 s per step on 2 CPU cores",
+        "Shakespeare), Muon, weight averaging, 5 minutes; ~0.2-0.3 s per step on 2 CPU cores",
         model={"context_length": 128, "n_layer": 4, "n_head": 4, "n_embd": 192},
         train={"batch_size": 8, "learning_rate": 5e-3, "warmup_steps": 20, "max_minutes": 5.0, "eval_interval": 100,
                "eval_batches": 8, "snapshots": 4, "vocab": "compact", "optimizer": "muon",
-               "muon_learning_rate": 0.02},
+               "muon_learning_rate": 0.02, "ema_decay": 0.998},
     ),
     Preset(
         "seed",

@@ -9,7 +9,9 @@ A split is scored only when the model can represent every token of it (`check_sp
 compact vocabulary has no rows for GPT-2 tokens outside it: such tokens are refused, with their count,
 rather than scored. Mapping them to <|endoftext|> printed a plausible but wrong loss; spelling them with
 byte tokens would score a tokenization the model never trained on (and a different token count), so
-neither the loss nor the perplexity would compare with the run's own figures.
+neither the loss nor the perplexity would compare with the run's own figures. A run whose vocabulary was cut
+to its most frequent tokens (`vocab_limit`) trained on spelled tokens: any split is read spelled the same way,
+and bits per byte uses the spelled token count.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from gpt.data.folder import iter_eval_batches, load_split, read_meta, split_token_counts, token_id_map
+from gpt.data.folder import iter_eval_batches, load_split, model_tokens, read_meta, split_token_counts
 from gpt.errors import UserInputError
 from gpt.model import GPT
 from gpt.tokenizer import GPT2_VOCAB_SIZE, Tokenizer
@@ -31,9 +33,10 @@ from gpt.tokenizer import GPT2_VOCAB_SIZE, Tokenizer
 SCOPES = ("estimate", "full")
 
 
-def bits_per_byte(loss: float, meta: dict, split: str = "val") -> float | None:
-    """loss (nats/token) x tokens / (bytes x ln 2) with the split's token and byte counts from meta.json."""
-    tokens, size = meta.get(f"{split}_tokens"), meta.get(f"{split}_bytes")
+def bits_per_byte(loss: float, meta: dict, split: str = "val", tokens: int | None = None) -> float | None:
+    """loss (nats/token) x tokens / (bytes x ln 2) with the split's byte count from meta.json and its token
+    count as the model reads it: `tokens` (a vocabulary that spells rarer tokens reads more), else meta's."""
+    tokens, size = tokens or meta.get(f"{split}_tokens"), meta.get(f"{split}_bytes")
     if not tokens or not size:
         return None
     return loss * tokens / (size * math.log(2))
@@ -48,8 +51,8 @@ def check_split_tokens(data_dir: str | Path, split: str, tokenizer: Tokenizer | 
         raise UserInputError(f"{split}.bin in {data_dir} holds token id {largest}, beyond GPT-2's {GPT2_VOCAB_SIZE:,} "
                              "tokens: the file is damaged or was not written by `python -m gpt prepare`; prepare "
                              "the dataset again")
-    if tokenizer is None or not tokenizer.is_compact:
-        return
+    if tokenizer is None or not tokenizer.is_compact or tokenizer.spells_data:
+        return  # every GPT-2 token fits, or is spelled with kept ones (the way the run trained)
     counts = split_token_counts(data_dir, split)
     kept = np.zeros(GPT2_VOCAB_SIZE, dtype=bool)
     kept[np.asarray(tokenizer.kept_gpt2_ids)] = True
@@ -73,14 +76,16 @@ def evaluate(
     max_batches: int = 0,
     id_map: np.ndarray | None = None,
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    pad_id: int | None = None,
 ) -> tuple[float, int]:
     """Mean cross-entropy (nats/token) and the number of predicted tokens over non-overlapping windows of
-    the model's context: the whole split, or its first `max_batches` batches. Deterministic."""
+    the model's context: the whole split, or its first `max_batches` batches. Deterministic. `pad_id`: the
+    model's <|endoftext|> id when `tokens` are model ids already (`gpt.data.model_tokens`)."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     batches = iter_eval_batches(tokens, model.config.context_length, batch_size, device=device, id_map=id_map,
-                                max_windows=max_batches * batch_size if max_batches else None)
+                                max_windows=max_batches * batch_size if max_batches else None, pad_id=pad_id)
     for x, y in batches:
         with autocast():
             logits, _ = model(x)
@@ -108,10 +113,10 @@ def evaluate_run(run: str | Path, data_dir: str | Path | None = None, *, batch_s
     loaded = opened.load(checkpoint, device=resolve_device(device))
     meta = read_meta(data_dir)
     check_split_tokens(data_dir, split, loaded.tokenizer)
-    tokens = load_split(data_dir, split)
+    tokens, id_map = model_tokens(load_split(data_dir, split), loaded.tokenizer)
     dev = loaded.model.token_embedding.weight.device
-    loss, count = evaluate(loaded.model, tokens, batch_size=batch_size, device=dev,
-                           id_map=token_id_map(loaded.tokenizer))
+    loss, count = evaluate(loaded.model, tokens, batch_size=batch_size, device=dev, id_map=id_map,
+                           pad_id=loaded.tokenizer.eot_id)
     return {"val_loss": loss, "perplexity": math.exp(min(loss, 700.0)),
-            "bits_per_byte": bits_per_byte(loss, meta, split), "tokens": count, "split": split,
+            "bits_per_byte": bits_per_byte(loss, meta, split, tokens=len(tokens)), "tokens": count, "split": split,
             "step": loaded.step, "checkpoint": loaded.checkpoint, "scope": "full"}

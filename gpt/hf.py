@@ -5,9 +5,10 @@ reads), `generation_config.json`, and the GPT-2 tokenizer files (`vocab.json`, `
 `AutoTokenizer.from_pretrained` works on it too. No `transformers` import is needed for either direction.
 
 Only models with GPT-2's architecture can be exported: learned positions, LayerNorm, biases on, and a
-gelu (GPT-2's tanh form) or relu MLP; anything else (rope, swiglu, rmsnorm, bias off) is refused with the
-reason. Weight names map one to one; HF's `Conv1D` stores (in, out) matrices, ours (out, in), so the 2-D
-block weights are transposed.
+gelu (GPT-2's tanh form) or relu MLP, tied or untied LM head (`tie_word_embeddings`); anything else (rope,
+swiglu, relu2, rmsnorm, bias off, QK-norm, logit soft-cap, value embeddings, x0 shortcuts) is refused with
+the reason. (Zero-initialised projections are only a starting point: such models export.) Weight names map
+one to one; HF's `Conv1D` stores (in, out) matrices, ours (out, in), so the 2-D block weights are transposed.
 
 Vocabulary: HF GPT-2 models take GPT-2 token ids. A run with a compact vocabulary is exported by putting
 each row of its embedding at its GPT-2 id in a full 50257-row matrix. Rows of GPT-2 tokens the run never
@@ -48,6 +49,14 @@ def _check_exportable(config: GPTConfig) -> None:
         problems.append(f"activation '{config.activation}' (GPT-2 uses 'gelu'; 'relu' also exports)")
     if not config.bias:
         problems.append("bias off (GPT-2 has biases)")
+    if config.qk_norm:
+        problems.append("QK-norm (GPT-2 has no query/key normalisation)")
+    if config.logit_softcap is not None:
+        problems.append(f"logit soft-cap {config.logit_softcap:g} (GPT-2's logits are not capped)")
+    if config.value_embeddings:
+        problems.append("value embeddings (GPT-2 has one token table)")
+    if config.x0_shortcuts:
+        problems.append("x0 shortcuts (GPT-2 blocks read the residual stream only)")
     if problems:
         raise UserInputError(
             "cannot export to Hugging Face GPT-2: this model uses " + "; ".join(problems)
@@ -99,14 +108,21 @@ def export_hf(model: GPT, out_dir: str | Path, tokenizer: Tokenizer | None = Non
                 f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {config.vocab_size}"
             )
         gpt2_ids = torch.tensor(tokenizer.to_gpt2(range(tokenizer.vocab_size)))
-        full = torch.zeros(GPT2_VOCAB_SIZE, config.n_embd)
-        full[gpt2_ids] = embedding[: tokenizer.vocab_size]
+        def to_full(rows: torch.Tensor) -> torch.Tensor:
+            full = torch.zeros(GPT2_VOCAB_SIZE, config.n_embd)
+            full[gpt2_ids] = rows[: tokenizer.vocab_size]
+            return full
+
         present = torch.zeros(GPT2_VOCAB_SIZE, dtype=torch.bool)
         present[gpt2_ids] = True
         absent = (~present).nonzero().flatten().tolist()
-        embedding, vocab_size, eot_id = full, GPT2_VOCAB_SIZE, GPT2_EOT_ID
+        embedding, vocab_size, eot_id = to_full(embedding), GPT2_VOCAB_SIZE, GPT2_EOT_ID
+        if not config.tie_embeddings:
+            state["lm_head.weight"] = to_full(state["lm_head.weight"])
 
     tensors = {"transformer.wte.weight": embedding.contiguous()}
+    if not config.tie_embeddings:
+        tensors["lm_head.weight"] = state["lm_head.weight"].contiguous()
     for ours, hf, transpose in _name_map(config.n_layer):
         tensor = state[ours]
         tensors[f"transformer.{hf}"] = (tensor.t() if transpose else tensor).contiguous()
@@ -132,7 +148,7 @@ def export_hf(model: GPT, out_dir: str | Path, tokenizer: Tokenizer | None = Non
         "scale_attn_weights": True,
         "scale_attn_by_inverse_layer_idx": False,
         "reorder_and_upcast_attn": False,
-        "tie_word_embeddings": True,
+        "tie_word_embeddings": config.tie_embeddings,
         "bos_token_id": eot_id,
         "eos_token_id": eot_id,
         "dtype": "float32",
@@ -174,7 +190,6 @@ def config_from_hf(data: dict) -> GPTConfig:
         "scale_attn_weights": (True, data.get("scale_attn_weights", True)),
         "scale_attn_by_inverse_layer_idx": (False, data.get("scale_attn_by_inverse_layer_idx", False)),
         "add_cross_attention": (False, data.get("add_cross_attention", False)),
-        "tie_word_embeddings": (True, data.get("tie_word_embeddings", True)),
     }
     for name, (needed, value) in unsupported.items():
         if value != needed:
@@ -196,6 +211,7 @@ def config_from_hf(data: dict) -> GPTConfig:
         activation=_FROM_HF_ACTIVATION[activation],
         position="learned",
         norm="layernorm",
+        tie_embeddings=bool(data.get("tie_word_embeddings", True)),
     )
 
 
@@ -228,12 +244,18 @@ def import_hf(hf_dir: str | Path) -> GPT:
     if missing:
         raise UserInputError(f"{weights} lacks weights for: {', '.join(missing[:8])}")
     lm_head = hf_state.pop("lm_head.weight", None)
-    if lm_head is not None and not torch.equal(lm_head, state["token_embedding.weight"]):
-        raise UserInputError(f"{weights} has an LM head that is not tied to the token embedding; not supported")
+    if config.tie_embeddings:
+        if lm_head is not None and not torch.equal(lm_head, state["token_embedding.weight"]):
+            raise UserInputError(f"{weights} has an LM head that differs from the token embedding although "
+                                 "its config.json says tie_word_embeddings (the default)")
+        lm_head = state["token_embedding.weight"]
+    elif lm_head is None:
+        raise UserInputError(f"{weights} lacks lm_head.weight, which its config.json (tie_word_embeddings: "
+                             "false) needs")
     if hf_state:
         raise UserInputError(f"{weights} has weights this GPT-2 model does not use: {', '.join(sorted(hf_state)[:8])}")
     model = GPT(config)
-    state["lm_head.weight"] = state["token_embedding.weight"]
+    state["lm_head.weight"] = lm_head
     try:
         model.load_state_dict({name: tensor.float() for name, tensor in state.items()}, strict=True)
     except RuntimeError as error:

@@ -66,7 +66,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from gpt.data import load_split, split_token_counts, token_id_map
+from gpt.data import load_split, model_tokens, split_token_counts
 from gpt.errors import UserInputError
 from gpt.model import GPT
 from gpt.run import RunConfig
@@ -367,12 +367,12 @@ def run_probe(data_dir: str | Path | None, tokenizer: Tokenizer, context_length:
         probe.notes.append(f"random probe tokens come from the whole vocabulary and there is no in-context "
                            f"learning score ({where})")
         return probe
-    id_map = token_id_map(tokenizer)
     counts = split_token_counts(folder, "train")
-    counts = counts[: tokenizer.vocab_size] if id_map is None else counts[np.asarray(tokenizer.kept_gpt2_ids)]
-    val = np.asarray(load_split(folder, "val")) if (folder / "val.bin").is_file() else None
-    if val is not None and id_map is not None:
-        val = id_map[val]
+    counts = counts[np.asarray(tokenizer.kept_gpt2_ids)] if tokenizer.is_compact else counts[: tokenizer.vocab_size]
+    val = None
+    if (folder / "val.bin").is_file():
+        val, id_map = model_tokens(np.asarray(load_split(folder, "val")), tokenizer)
+        val = id_map[val] if id_map is not None else val
     probe = make_probe(context_length, np.flatnonzero(counts), tokenizer.eot_id, text_tokens=val, seed=seed)
     if val is None:
         probe.notes.append(f"{folder.name} has no validation split: no in-context learning score")
@@ -527,7 +527,7 @@ def logit_lens(model: GPT, tokenizer: Tokenizer, text: str, max_tokens: int = MA
         tops, top_probs, true_probs, true_ranks = [], [], [], []
         for layer, residual in enumerate(residuals):
             last = layer == len(residuals) - 1  # after the last block: the model's own logits
-            logits = (output if last else model.lm_head(model.final_norm(residual)))[0].float()  # (T, V)
+            logits = (output if last else model.head(model.final_norm(residual)))[0].float()  # (T, V)
             normaliser = torch.logsumexp(logits, dim=-1, keepdim=True)
             true_logit = logits.gather(1, targets)
             best = logits.max(dim=-1, keepdim=True)

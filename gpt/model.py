@@ -5,11 +5,15 @@ Hugging Face's `GPT2LMHeadModel` given the same weights (see `gpt/hf.py`).
 
     idx (B, T) -> token embedding (+ learned position embedding) -> dropout
                -> n_layer x Block: x + Attention(Norm(x)); x + FeedForward(Norm(x))   (pre-norm)
-               -> final Norm -> LM head (tied to the token embedding) -> logits (B, T, vocab_size)
+               -> final Norm -> LM head (tied to the token embedding by default) -> logits (B, T, vocab_size)
 
-Options (fields of `GPTConfig`): activation `gelu` (GPT-2's tanh approximation) | `relu` | `swiglu`,
-position `learned` | `rope`, norm `layernorm` | `rmsnorm`, bias on/off, dropout, FFN width, context
-length, vocabulary size. Presets (shape + recipe) are in `gpt/config.py`; `GPTConfig.from_preset`.
+Options (fields of `GPTConfig`): activation `gelu` (GPT-2's tanh approximation) | `relu` | `relu2` (ReLU
+squared) | `swiglu`, position `learned` | `rope`, norm `layernorm` | `rmsnorm`, bias on/off, dropout, FFN
+width, context length, vocabulary size, and the small-model speedrun levers (modded-nanogpt, nanochat):
+`qk_norm`, an untied LM head (`tie_embeddings=False`), `logit_softcap`, `value_embeddings` (a second token
+table mixed into each layer's values: v = a_l v + b_l ve), `x0_shortcuts` (each block reads
+a_l x + b_l x0, x0 the input embedding), `zero_init_proj`. Defaults are GPT-2's. Presets (shape +
+recipe) are in `gpt/config.py`; `GPTConfig.from_preset`.
 
 Attention runs through `F.scaled_dot_product_attention`. `GPT.forward_with_attention` takes an explicit
 path (softmax(QK^T / sqrt(d)) V written out) that also returns every layer's attention probabilities.
@@ -45,7 +49,7 @@ from torch.nn import functional as F
 from gpt.errors import UserInputError
 from gpt.fields import check_fields, from_dict, option
 
-ACTIVATIONS = ("gelu", "relu", "swiglu")
+ACTIVATIONS = ("gelu", "relu", "relu2", "swiglu")
 POSITIONS = ("learned", "rope")
 NORMS = ("layernorm", "rmsnorm")
 NORM_EPS = 1e-5
@@ -85,6 +89,19 @@ class GPTConfig:
     position: str = option("learned", label="Position encoding",
                            help="learned position table (GPT-2) or rotary embeddings", choices=POSITIONS)
     norm: str = option("layernorm", label="Normalisation", help="LayerNorm (GPT-2) or RMSNorm", choices=NORMS)
+    qk_norm: bool = option(False, label="QK-norm", help="RMS-normalise each head's queries and keys before "
+                           "attention (OLMo 2, modded-nanogpt)")
+    tie_embeddings: bool = option(True, label="Tied LM head", help="the LM head reuses the token embedding "
+                                  "(GPT-2); off: a separate output matrix")
+    logit_softcap: float | None = option(None, label="Logit soft-cap (0 = off)", help="logits become "
+                                         "cap x tanh(logits / cap) (Gemma 2, modded-nanogpt: 15-30)",
+                                         minimum=0, exclusive_minimum=True, optional=True)
+    value_embeddings: bool = option(False, label="Value embeddings", help="a second token embedding mixed "
+                                    "into every layer's attention values (modded-nanogpt)")
+    x0_shortcuts: bool = option(False, label="Input shortcuts (x0)", help="each block reads a learned mix of "
+                                "the residual stream and the input embedding (modded-nanogpt)")
+    zero_init_proj: bool = option(False, label="Zero-initialised projections", help="the residual output "
+                                  "projections start at zero, so each block starts as the identity")
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -115,7 +132,7 @@ class GPTConfig:
         return 4 * self.n_embd
 
     def num_parameters(self) -> int:
-        """Number of parameters of `GPT(self)`, the tied LM head counted once."""
+        """Number of parameters of `GPT(self)` (a tied LM head counted once)."""
         d, h = self.n_embd, self.ffn_hidden_size
         norm = 2 * d if (self.norm == "layernorm" and self.bias) else d
         attention = 4 * d * d + (4 * d if self.bias else 0)
@@ -123,11 +140,12 @@ class GPTConfig:
             ffn = 3 * d * h + ((2 * h + d) if self.bias else 0)
         else:
             ffn = 2 * d * h + ((h + d) if self.bias else 0)
-        block = 2 * norm + attention + ffn
+        block = 2 * norm + attention + ffn + 2 * self.value_embeddings + 2 * self.x0_shortcuts  # + mixing scalars
         return self._embedding_parameters() + self._position_parameters() + self.n_layer * block + norm
 
     def _embedding_parameters(self) -> int:
-        return self.vocab_size * self.n_embd
+        """Token tables: the embedding, an untied LM head, the value embedding."""
+        return self.vocab_size * self.n_embd * (1 + (not self.tie_embeddings) + self.value_embeddings)
 
     def _position_parameters(self) -> int:
         return self.context_length * self.n_embd if self.position == "learned" else 0
@@ -136,10 +154,12 @@ class GPTConfig:
         """Estimated training FLOPs per token (forward + backward) at full context.
 
         6 * N + 12 * n_layer * n_embd * context_length (PaLM appendix B, as in nanoGPT), where N leaves
-        out the learned position table (a lookup, no multiply) but keeps the token embedding, whose tied
-        copy is the LM head matmul.
+        out the lookup-only tables (learned positions, the value embedding, the input embedding of an
+        untied model) but keeps the LM head matmul (the tied token embedding's copy).
         """
-        n = self.num_parameters() - self._position_parameters()
+        lookup_tables = self.value_embeddings + (not self.tie_embeddings)  # the input table when untied
+        lookups = self._position_parameters() + lookup_tables * self.vocab_size * self.n_embd
+        n = self.num_parameters() - lookups
         return 6 * n + 12 * self.n_layer * self.n_embd * self.context_length
 
     # -- persistence ----------------------------------------------------------------------------------
@@ -208,6 +228,9 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)  # residual projection
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
+        self.qk_norm = config.qk_norm
+        # v = value_mix[0] * v + value_mix[1] * ve, ve the value embedding of the tokens (modded-nanogpt's init)
+        self.value_mix = nn.Parameter(torch.tensor([0.5, 0.5])) if config.value_embeddings else None
 
     def forward(
         self,
@@ -216,15 +239,21 @@ class CausalSelfAttention(nn.Module):
         kv: tuple[torch.Tensor, torch.Tensor] | None = None,
         start: int = 0,
         return_attention: bool = False,
+        ve: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x (B, T, C) at positions start..start+T-1. `kv`: this layer's cache buffers (B, H, ctx, hs),
-        holding the first `start` positions; the new keys/values are written into them.
+        holding the first `start` positions; the new keys/values are written into them. `ve` (B, T, C):
+        the value embedding of the tokens, when the model has one.
         Returns (B, T, C) and, with `return_attention`, the probabilities (B, H, T, start+T)."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)  # (B, T, C) each
+        if self.value_mix is not None:
+            v = self.value_mix[0] * v + self.value_mix[1] * ve
         q = q.view(B, T, self.n_head, self.head_size).transpose(1, 2)  # (B, H, T, hs)
         k = k.view(B, T, self.n_head, self.head_size).transpose(1, 2)
         v = v.view(B, T, self.n_head, self.head_size).transpose(1, 2)
+        if self.qk_norm:
+            q, k = F.rms_norm(q, (self.head_size,), eps=NORM_EPS), F.rms_norm(k, (self.head_size,), eps=NORM_EPS)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if kv is not None:
@@ -253,13 +282,21 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.proj(y)), probs
 
 
+class ReLUSquared(nn.Module):
+    """relu(x)^2 (Primer, So et al. 2021; modded-nanogpt's MLP activation)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x).square()
+
+
 class FeedForward(nn.Module):
-    """Position-wise MLP: Linear -> GELU (tanh approximation, as GPT-2) or ReLU -> Linear."""
+    """Position-wise MLP: Linear -> GELU (tanh approximation, as GPT-2), ReLU or ReLU² -> Linear."""
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.fc = nn.Linear(config.n_embd, config.ffn_hidden_size, bias=config.bias)
-        self.act = nn.GELU(approximate="tanh") if config.activation == "gelu" else nn.ReLU()
+        activations = {"gelu": lambda: nn.GELU(approximate="tanh"), "relu": nn.ReLU, "relu2": ReLUSquared}
+        self.act = activations[config.activation]()
         self.proj = nn.Linear(config.ffn_hidden_size, config.n_embd, bias=config.bias)  # residual projection
         self.dropout = nn.Dropout(config.dropout)
 
@@ -282,7 +319,10 @@ class SwiGLU(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(norm1(x)), then x + ffn(norm2(x))."""
+    """Pre-norm transformer block: x + attn(norm1(x)), then x + ffn(norm2(x)).
+
+    With x0 shortcuts the block first replaces x by x0_mix[0] * x + x0_mix[1] * x0 (x0: the input
+    embedding), starting as the identity (1, 0)."""
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
@@ -290,6 +330,7 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(config)
         self.norm2 = make_norm(config)
         self.ffn = SwiGLU(config) if config.activation == "swiglu" else FeedForward(config)
+        self.x0_mix = nn.Parameter(torch.tensor([1.0, 0.0])) if config.x0_shortcuts else None
 
     def forward(
         self,
@@ -298,8 +339,13 @@ class Block(nn.Module):
         kv: tuple[torch.Tensor, torch.Tensor] | None = None,
         start: int = 0,
         return_attention: bool = False,
+        x0: torch.Tensor | None = None,
+        ve: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        attended, probs = self.attn(self.norm1(x), rope, kv, start, return_attention)
+        """x (B, T, C); x0 (B, T, C) the input embedding (used with x0 shortcuts); ve: see attention."""
+        if self.x0_mix is not None:
+            x = self.x0_mix[0] * x + self.x0_mix[1] * x0
+        attended, probs = self.attn(self.norm1(x), rope, kv, start, return_attention, ve)
         x = x + attended
         x = x + self.ffn(self.norm2(x))
         return x, probs
@@ -322,11 +368,14 @@ class LinearCrossEntropy(torch.autograd.Function):
     weight; the block is dropped before the next. So each of the LM head's three matmuls runs once, as in
     the plain path, and backward only scales the sums by grad_output / count. Under autocast the matmuls
     run in the autocast dtype and the softmax in fp32, as autocast runs `F.cross_entropy(F.linear(...))`.
-    One backward pass per forward: the buffers are handed to autograd (no `retain_graph`).
+    One backward pass per forward: the buffers are handed to autograd (no `retain_graph`). With `softcap`
+    the logits are softcap x tanh(hidden @ weight.T / softcap), and the block's gradient is multiplied by
+    that function's derivative, 1 - tanh².
     """
 
     @staticmethod
-    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                softcap: float | None = None) -> torch.Tensor:
         device_type = hidden.device.type
         autocast = torch.is_autocast_enabled(device_type)
         dtype = torch.get_autocast_dtype(device_type) if autocast else hidden.dtype
@@ -341,11 +390,18 @@ class LinearCrossEntropy(torch.autograd.Function):
             grad_hidden = torch.empty_like(hidden_c) if want_hidden else None
             grad_weight = None
             for rows in loss_chunks(hidden.size(0), weight.size(0)):
-                log_probs = torch.log_softmax((hidden_c[rows] @ weight_c.t()).float(), dim=1)  # (n, V) fp32
+                logits = (hidden_c[rows] @ weight_c.t()).float()  # (n, V) fp32
+                capped = None
+                if softcap is not None:
+                    capped = torch.tanh_(logits.div_(softcap))  # tanh(raw / softcap), in place
+                    logits = capped * softcap
+                log_probs = torch.log_softmax(logits, dim=1)
                 picked = log_probs.gather(1, safe_targets[rows])  # (n, 1)
                 total -= torch.where(valid[rows, None], picked, 0.0).sum()
                 grad_logits = log_probs.exp_()  # softmax, in place
                 grad_logits.scatter_add_(1, safe_targets[rows], torch.full_like(picked, -1.0))  # - one_hot
+                if capped is not None:
+                    grad_logits.mul_(1.0 - capped.square_())  # through softcap x tanh(raw / softcap)
                 grad_logits = grad_logits.to(dtype)  # (n, V); ignored rows are zeroed on the small operands
                 if want_hidden:
                     block_hidden = grad_hidden[rows]
@@ -364,7 +420,7 @@ class LinearCrossEntropy(torch.autograd.Function):
         return total / count
 
     @staticmethod
-    def backward(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+    def backward(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
         if ctx.grads is None:
             raise RuntimeError("LinearCrossEntropy supports one backward pass per forward (no retain_graph)")
         grad_hidden, grad_weight, count = ctx.grads
@@ -374,11 +430,17 @@ class LinearCrossEntropy(torch.autograd.Function):
             grad_hidden = grad_hidden.mul_(scale).to(ctx.dtypes[0])
         if grad_weight is not None:
             grad_weight = grad_weight.mul_(scale).to(ctx.dtypes[1])
-        return grad_hidden, grad_weight, None
+        return grad_hidden, grad_weight, None, None
 
 
-def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy (nats/token) of the logits `hidden @ weight.T` against `targets`, never holding
+def soft_cap(logits: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    """softcap x tanh(logits / softcap), or the logits unchanged when softcap is None."""
+    return logits if softcap is None else softcap * torch.tanh(logits / softcap)
+
+
+def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                          softcap: float | None = None) -> torch.Tensor:
+    """Mean cross-entropy (nats/token) of the logits `soft_cap(hidden @ weight.T)` against `targets`, never holding
     more than one block of logits (`loss_chunks`). hidden (N, C), weight (V, C), targets (N,) with
     `IGNORE_INDEX` ignored; NaN when every target is ignored, as `F.cross_entropy`.
 
@@ -387,11 +449,13 @@ def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: t
     would be rounded to fp16 before the scaler's factor reaches them."""
     device_type = hidden.device.type
     if torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) == torch.float16:
-        return F.cross_entropy(F.linear(hidden, weight).float(), targets, ignore_index=IGNORE_INDEX)
+        logits = soft_cap(F.linear(hidden, weight).float(), softcap)
+        return F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX)
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
-        return LinearCrossEntropy.apply(hidden, weight, targets)
-    total = sum(F.cross_entropy(F.linear(hidden[rows], weight).float(), targets[rows], ignore_index=IGNORE_INDEX,
-                                reduction="sum") for rows in loss_chunks(hidden.size(0), weight.size(0)))
+        return LinearCrossEntropy.apply(hidden, weight, targets, softcap)
+    total = sum(F.cross_entropy(soft_cap(F.linear(hidden[rows], weight).float(), softcap), targets[rows],
+                                ignore_index=IGNORE_INDEX, reduction="sum")
+                for rows in loss_chunks(hidden.size(0), weight.size(0)))
     return total / (targets != IGNORE_INDEX).sum()
 
 
@@ -426,13 +490,18 @@ class GPT(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.final_norm = make_norm(config)
+        self.value_embedding = nn.Embedding(config.vocab_size, config.n_embd) if config.value_embeddings else None
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.lm_head.weight = self.token_embedding.weight  # tied: one matrix for input and output
+        if config.tie_embeddings:
+            self.lm_head.weight = self.token_embedding.weight  # tied: one matrix for input and output
         self.apply(self._init_weights)
         residual_std = INIT_STD / math.sqrt(2 * config.n_layer)
         for block in self.blocks:
-            nn.init.normal_(block.attn.proj.weight, mean=0.0, std=residual_std)
-            nn.init.normal_(block.ffn.proj.weight, mean=0.0, std=residual_std)
+            for proj in (block.attn.proj, block.ffn.proj):
+                if config.zero_init_proj:
+                    nn.init.zeros_(proj.weight)
+                else:
+                    nn.init.normal_(proj.weight, mean=0.0, std=residual_std)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -460,15 +529,24 @@ class GPT(nn.Module):
             x = x + self.position_embedding(torch.arange(start, start + T, device=idx.device))
         return self.dropout(x)
 
+    def _value_embed(self, idx: torch.Tensor) -> torch.Tensor | None:
+        """The value embedding of idx (B, T) -> (B, T, C), or None when the model has none."""
+        return self.value_embedding(idx) if self.value_embedding is not None else None
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (..., V) of final-normed hidden states (..., C): the LM head, then the soft-cap if any."""
+        return soft_cap(self.lm_head(x), self.config.logit_softcap)
+
     def _run_blocks(
         self, idx: torch.Tensor, return_attention: bool
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The final-normed hidden states (B, T, C) of idx (B, T), and the attention probabilities."""
         x = self._embed(idx, 0)  # (B, T, C)
+        x0, ve = x, self._value_embed(idx)
         rope = self.rotary(0, idx.size(1)) if self.rotary is not None else None
         attentions = []
         for block in self.blocks:
-            x, probs = block(x, rope, return_attention=return_attention)
+            x, probs = block(x, rope, return_attention=return_attention, x0=x0, ve=ve)
             if probs is not None:
                 attentions.append(probs)
         return self.final_norm(x), attentions
@@ -481,8 +559,9 @@ class GPT(nn.Module):
         `(None, loss)` by `chunked_cross_entropy`, which never holds the whole logits or their gradient."""
         x, _ = self._run_blocks(idx, return_attention=False)  # (B, T, C)
         if targets is not None and not return_logits:
-            return None, chunked_cross_entropy(x.view(-1, x.size(-1)), self.lm_head.weight, targets.reshape(-1))
-        logits = self.lm_head(x)  # (B, T, V)
+            return None, chunked_cross_entropy(x.view(-1, x.size(-1)), self.lm_head.weight, targets.reshape(-1),
+                                               self.config.logit_softcap)
+        logits = self.head(x)  # (B, T, V)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX)
@@ -491,7 +570,7 @@ class GPT(nn.Module):
     def forward_with_attention(self, idx: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Logits (B, T, V) and, per layer, the attention probabilities (B, n_head, T, T) (explicit path)."""
         x, attentions = self._run_blocks(idx, return_attention=True)
-        return self.lm_head(x), attentions
+        return self.head(x), attentions
 
     # -- generation with a KV cache -------------------------------------------------------------------
     def new_cache(self, batch_size: int = 1) -> KVCache:
@@ -506,11 +585,12 @@ class GPT(nn.Module):
         cache would exceed the context length (use `SlidingDecoder` for long generations)."""
         start, T = cache.length, idx.size(1)
         x = self._embed(idx, start)  # (B, T, C)
+        x0, ve = x, self._value_embed(idx)
         rope = self.rotary(start, T) if self.rotary is not None else None
         for layer, block in enumerate(self.blocks):
-            x, _ = block(x, rope, (cache.keys[layer], cache.values[layer]), start)
+            x, _ = block(x, rope, (cache.keys[layer], cache.values[layer]), start, x0=x0, ve=ve)
         cache.length = start + T
-        return self.lm_head(self.final_norm(x[:, -1]))  # (B, V)
+        return self.head(self.final_norm(x[:, -1]))  # (B, V)
 
 
 class SlidingDecoder:

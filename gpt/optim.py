@@ -1,4 +1,4 @@
-"""Optimizers and the learning-rate schedule.
+"""Optimizers and the learning-rate schedules (cosine, warmup-stable-decay).
 
 AdamW (fused kernels on CUDA and CPU) decays only tensors of 2 or more dimensions (matrices and embedding
 tables), not biases or norm gains. With `optimizer="muon"` the weight matrices inside the blocks are
@@ -107,3 +107,22 @@ def cosine_lr(config: TrainConfig, step: int, progress: float) -> float:
     progress = min(max(progress, 0.0), 1.0)
     low = peak * config.min_lr_ratio
     return low + 0.5 * (1.0 + math.cos(math.pi * progress)) * (peak - low)
+
+
+def wsd_lr(config: TrainConfig, step: int, progress: float) -> float:
+    """Warmup-stable-decay (trapezoidal): linear warmup, the peak until the last `cooldown_fraction` of the
+    run, then linear down to min_lr_ratio x peak (Hägele et al. 2024; modded-nanogpt's schedule)."""
+    peak = config.learning_rate
+    if step < config.warmup_steps:
+        return peak * (step + 1) / config.warmup_steps
+    progress = min(max(progress, 0.0), 1.0)
+    start = 1.0 - config.cooldown_fraction
+    if progress <= start:
+        return peak
+    low = peak * config.min_lr_ratio
+    return peak - (peak - low) * (progress - start) / config.cooldown_fraction
+
+
+def scheduled_lr(config: TrainConfig, step: int, progress: float) -> float:
+    """The peak-relative learning rate of `config.schedule` at `step`, `progress` of the way through."""
+    return wsd_lr(config, step, progress) if config.schedule == "wsd" else cosine_lr(config, step, progress)

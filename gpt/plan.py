@@ -134,10 +134,16 @@ def make_plan(model: GPTConfig, train: TrainConfig, data_dir: str | Path | None 
     prepared = data_dir is not None and (Path(data_dir) / "meta.json").is_file()
     train_tokens = read_meta(data_dir).get("train_tokens") if prepared else None
     if prepared:
-        tokenizer = tokenizer_for(train.vocab, data_dir)
+        tokenizer = tokenizer_for(train.vocab, data_dir, train.vocab_limit)
         model = GPTConfig.from_dict({**model.to_dict(), "vocab_size": tokenizer.vocab_size})
-        vocab_note = (f"compact vocabulary: **{tokenizer.vocab_size:,} tokens** of GPT-2's 50,257 (those in the data)"
-                      if tokenizer.is_compact else "vocabulary: GPT-2's 50,257 tokens")
+        if tokenizer.spells_data:
+            vocab_note = (f"compact vocabulary: **{tokenizer.vocab_size:,} tokens** (the {train.vocab_limit:,} most "
+                          "frequent training tokens and the 256 bytes; rarer tokens are spelled with them)")
+        elif tokenizer.is_compact:
+            vocab_note = (f"compact vocabulary: **{tokenizer.vocab_size:,} tokens** of GPT-2's 50,257 "
+                          "(those in the data)")
+        else:
+            vocab_note = "vocabulary: GPT-2's 50,257 tokens"
     else:
         vocab_note = ("compact vocabulary: its size (and so the parameter count) is known once the data is prepared"
                       if train.vocab == "compact" else "vocabulary: GPT-2's 50,257 tokens")

@@ -57,12 +57,15 @@ class Tokenizer:
 
     With `kept_gpt2_ids=None` model ids are GPT-2 ids. Otherwise model id `i` stands for GPT-2 id
     `kept_gpt2_ids[i]`. A GPT-2 token outside the kept set is spelled with the longest kept tokens that
-    make up its bytes (a compact vocabulary from `gpt.train.compact_tokenizer` keeps all 256 single-byte
+    make up its bytes (a compact vocabulary from `gpt.vocab.compact_tokenizer` keeps all 256 single-byte
     tokens, so every text can be encoded); `unknown_tokens` lists such pieces so callers can report them.
     """
 
-    def __init__(self, kept_gpt2_ids: Sequence[int] | None = None) -> None:
+    def __init__(self, kept_gpt2_ids: Sequence[int] | None = None, spells_data: bool = False) -> None:
         self.encoding = gpt2_encoding()
+        # A vocabulary cut to the most frequent tokens reads data with its rarer tokens spelled (`spell_ids`);
+        # a plain compact one holds every token of its data, which is mapped id for id.
+        self.spells_data = spells_data and kept_gpt2_ids is not None
         if kept_gpt2_ids is None:
             self.kept_gpt2_ids: list[int] | None = None
             self._to_model: dict[int, int] | None = None
@@ -82,7 +85,9 @@ class Tokenizer:
 
     @property
     def name(self) -> str:
-        return "gpt2" if self.kept_gpt2_ids is None else f"gpt2-compact-{self.vocab_size}"
+        if self.kept_gpt2_ids is None:
+            return "gpt2"
+        return f"gpt2-frequent-{self.vocab_size}" if self.spells_data else f"gpt2-compact-{self.vocab_size}"
 
     @property
     def is_compact(self) -> bool:
@@ -198,11 +203,15 @@ class Tokenizer:
 
     # -- persistence ----------------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return {"name": self.name, "kept_gpt2_ids": self.kept_gpt2_ids}
+        data = {"name": self.name, "kept_gpt2_ids": self.kept_gpt2_ids}
+        if self.spells_data:
+            data["spells_data"] = True
+        return data
 
     @classmethod
     def from_dict(cls, data: dict | None) -> Tokenizer:
-        return cls((data or {}).get("kept_gpt2_ids"))
+        data = data or {}
+        return cls(data.get("kept_gpt2_ids"), spells_data=bool(data.get("spells_data", False)))
 
 
 def visible_whitespace(text: str) -> str:

@@ -50,15 +50,16 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from gpt import run as runs
 from gpt.config import TrainConfig
-from gpt.data.folder import get_batch, load_split, read_meta, token_id_map
+from gpt.data.folder import get_batch, load_split, model_tokens, read_meta
 from gpt.errors import UserInputError
 from gpt.evaluate import bits_per_byte, check_split_tokens, evaluate
 from gpt.inspection import Probe, probe_for_run, score_probe
 from gpt.model import GPT, GPTConfig
-from gpt.optim import configure_optimizers, cosine_lr
+from gpt.optim import configure_optimizers, scheduled_lr
 from gpt.plan import planned_steps
 from gpt.run import DataRef, RunConfig
 from gpt.runtime import dist_info_from_env, low_precision_dtype, peak_flops, resolve_runtime, split_batch
@@ -134,7 +135,10 @@ class Trainer:
         self.val_tokens = load_split(self.data_dir, "val")
         for split in ("train", "val"):  # ids the model can represent, before a compact vocabulary is made
             check_split_tokens(self.data_dir, split, tokenizer)
-        self.tokenizer = tokenizer or tokenizer_for(train_config.vocab, self.data_dir)
+        self.tokenizer = tokenizer or tokenizer_for(train_config.vocab, self.data_dir, train_config.vocab_limit)
+        # Model ids: mapped per batch (id_map), or spelled once here for a vocabulary cut to frequent tokens.
+        self.train_tokens, self.id_map = model_tokens(self.train_tokens, self.tokenizer)
+        self.val_tokens, _ = model_tokens(self.val_tokens, self.tokenizer)
         if model_config.vocab_size != self.tokenizer.vocab_size:
             model_config = GPTConfig.from_dict({**model_config.to_dict(), "vocab_size": self.tokenizer.vocab_size})
         self.model_config = model_config
@@ -187,9 +191,11 @@ class Trainer:
         ortho = torch.bfloat16 if self.device.type == "cuda" else low_precision_dtype(self.precision)
         self.optimizers = configure_optimizers(self.model, train_config, self.device, ortho_dtype=ortho)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
+        # Weight averaging: the EMA copy is what the run evaluates, samples from and saves.
+        self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(train_config.ema_decay))
+                    if train_config.ema_decay > 0 else None)
         if _state is not None:
             self._load_state(_state)
-        self.id_map = token_id_map(self.tokenizer)
         self.peak_flops = peak_flops(self.device, self.precision)
         self.generator = torch.Generator(device="cpu")
         self.train_model: torch.nn.Module = self.model
@@ -247,6 +253,11 @@ class Trainer:
                    command=config.command, preset=config.preset, on_row=on_row, on_zerogpu=on_zerogpu,
                    _state=state)
 
+    @property
+    def weights(self) -> GPT:
+        """The weights the run evaluates, samples from and saves: the EMA copy when averaging, else the model."""
+        return self.ema.module if self.ema is not None else self.model
+
     def _make_probe(self) -> Probe | None:
         """The fixed head-score probe of this run (drawn from its seed, so a resumed run scores the same
         inputs); None, with a note, where the model or the data cannot take one."""
@@ -280,6 +291,8 @@ class Trainer:
         self.step, self.tokens, self.elapsed = int(state["step"]), int(state["tokens"]), float(state["elapsed"])
         self.best_val_loss, self.best_step = float(state["best_val_loss"]), int(state["best_step"])
         self.next_snapshot = int(state["next_snapshot"])
+        if self.ema is not None and "ema" in state:
+            self.ema.load_state_dict(state["ema"])
         torch.set_rng_state(state["torch_rng"])
         if self.device.type == "cuda" and "cuda_rng" in state:
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
@@ -421,7 +434,7 @@ class Trainer:
         """One optimizer step; returns the loss averaged over micro-batches and processes (NaN/inf as is).
         A non-finite loss leaves the weights untouched; so does a non-finite gradient norm (fp32/bf16), which
         raises `_Divergence` (with fp16 the gradient scaler skips such a step and lowers its scale)."""
-        lr = cosine_lr(self.config, self.step, self._progress(for_schedule=True))
+        lr = scheduled_lr(self.config, self.step, self._progress(for_schedule=True))
         for optimizer in self.optimizers:
             for group in optimizer.param_groups:
                 group["lr"] = lr * group["lr_scale"]
@@ -453,6 +466,8 @@ class Trainer:
                 for optimizer in self.optimizers:
                     self.scaler.step(optimizer)
                 self.scaler.update()
+                if self.ema is not None:
+                    self.ema.update_parameters(self.model)
         for optimizer in self.optimizers:
             optimizer.zero_grad(set_to_none=True)
         return loss_value
@@ -541,7 +556,7 @@ class Trainer:
         if not self.dist.is_main:
             return
         if self.probe is not None:
-            self._emit({**score_probe(self.model, self.probe), "step": self.step})
+            self._emit({**score_probe(self.weights, self.probe), "step": self.step})
         self._sample()
         self._save(best=self.best_step == self.step)
         self._phase("training")
@@ -557,8 +572,9 @@ class Trainer:
             scope = "full" if whole else "first tokens"
         else:
             max_batches, scope = self.config.eval_batches, "estimate" if self.config.eval_batches else "full"
-        loss, count = evaluate(self.model, self.val_tokens, batch_size=batch, device=self.device,
-                               max_batches=max_batches, id_map=self.id_map, autocast=self._autocast)
+        loss, count = evaluate(self.weights, self.val_tokens, batch_size=batch, device=self.device,
+                               max_batches=max_batches, id_map=self.id_map, autocast=self._autocast,
+                               pad_id=self.tokenizer.eot_id)
         problem = ""
         if not math.isfinite(loss):
             problem = f"the validation loss became {loss} at step {self.step}"
@@ -569,15 +585,16 @@ class Trainer:
         improved = not problem and loss < self.best_val_loss
         if improved:
             self.best_val_loss, self.best_step = loss, self.step
+        bpb = bits_per_byte(loss, self.meta, tokens=len(self.val_tokens))
         self._emit({"kind": "eval", "step": self.step, "tokens": self.tokens, "val_loss": loss,
-                    "perplexity": math.exp(min(loss, 700.0)), "bits_per_byte": bits_per_byte(loss, self.meta),
+                    "perplexity": math.exp(min(loss, 700.0)), "bits_per_byte": bpb,
                     "eval_tokens": count, "elapsed": round(self.elapsed, 3), "best": improved, "scope": scope})
         return problem
 
     def _check_weights(self) -> None:
         """Raise `_Divergence` when a weight is NaN or inf (checked before every save; the same on every
         process, whose weights are equal)."""
-        finite = torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all()
+        finite = torch.stack([torch.isfinite(p).all() for p in self.weights.parameters()]).all()
         if not bool(finite):
             raise _Divergence(f"the weights hold NaN or inf values at step {self.step}")
 
@@ -587,7 +604,7 @@ class Trainer:
         sampling = SamplingConfig(temperature=self.config.sample_temperature, max_new_tokens=self.config.sample_tokens,
                                   seed=self.config.seed, stop_at_eot=False)
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            text = generate(self.model, self.tokenizer, self.config.sample_prompt, sampling)
+            text = generate(self.weights, self.tokenizer, self.config.sample_prompt, sampling)
         self.model.train()
         self._emit({"kind": "sample", "step": self.step, "prompt": self.config.sample_prompt, "text": text})
 
@@ -599,6 +616,8 @@ class Trainer:
                  "step": self.step, "tokens": self.tokens, "elapsed": self.elapsed,
                  "best_val_loss": self.best_val_loss, "best_step": self.best_step,
                  "next_snapshot": self.next_snapshot, "torch_rng": torch.get_rng_state()}
+        if self.ema is not None:
+            state["ema"] = {k: v.detach().cpu() for k, v in self.ema.state_dict().items()}
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         return state
@@ -612,8 +631,8 @@ class Trainer:
         dtype = self.config.save_dtype
         runs.save_trainer_state(self.run_dir, self.state_dict())
         if best:
-            runs.save_weights(self.model, self.run_dir / runs.BEST_FILE, step=self.step, dtype=dtype)
-        runs.save_weights(self.model, self.run_dir / runs.LAST_FILE, step=self.step, dtype=dtype)
+            runs.save_weights(self.weights, self.run_dir / runs.BEST_FILE, step=self.step, dtype=dtype)
+        runs.save_weights(self.weights, self.run_dir / runs.LAST_FILE, step=self.step, dtype=dtype)
         self._saved_step = self.step
 
     def save(self) -> None:
@@ -632,7 +651,7 @@ class Trainer:
         while self.next_snapshot < n and self._progress() >= self.next_snapshot / n:
             self._check_weights()
             if self.dist.is_main:
-                runs.save_weights(self.model, runs.snapshot_path(self.run_dir, self.step), step=self.step,
+                runs.save_weights(self.weights, runs.snapshot_path(self.run_dir, self.step), step=self.step,
                                   dtype=self.config.save_dtype)
             self.next_snapshot += 1
 

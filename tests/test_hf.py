@@ -92,6 +92,25 @@ def test_export_import_round_trip_is_exact(tmp_path: Path) -> None:
         assert torch.equal(ours, theirs), name
 
 
+def test_untied_head_exports_and_imports_with_the_same_logits(tmp_path: Path) -> None:
+    text = "the cat sat on the mat and the dog ate the hat"
+    tokenizer = Tokenizer(gpt2_tokenizer().encode(text))
+    model = random_gpt(seed=8, vocab_size=tokenizer.vocab_size, tie_embeddings=False, zero_init_proj=True)
+    export_hf(model, tmp_path / "hf", tokenizer)
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["tie_word_embeddings"] is False
+    hf_model = load_hf(tmp_path / "hf")
+    present = tokenizer.to_gpt2(range(tokenizer.vocab_size))
+    idx = random_batch(seed=9, vocab_size=tokenizer.vocab_size)
+    gpt2_idx = torch.tensor([tokenizer.to_gpt2(row) for row in idx.tolist()])
+    with torch.no_grad():
+        ours, hf = model(idx)[0], hf_model(gpt2_idx).logits
+        back = import_hf(tmp_path / "hf")
+        assert not back.config.tie_embeddings
+        imported = back(gpt2_idx)[0]
+    torch.testing.assert_close(hf[..., present], ours, atol=1e-5, rtol=0)
+    torch.testing.assert_close(imported, hf, atol=1e-5, rtol=0)
+
+
 def test_exported_folder_has_a_working_hf_tokenizer(tmp_path: Path) -> None:
     export_hf(random_gpt(), tmp_path / "hf", gpt2_tokenizer())
     hf_tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
@@ -106,6 +125,11 @@ def test_exported_folder_has_a_working_hf_tokenizer(tmp_path: Path) -> None:
         ({"activation": "swiglu"}, "activation 'swiglu'"),
         ({"norm": "rmsnorm"}, "norm 'rmsnorm'"),
         ({"bias": False}, "bias off"),
+        ({"activation": "relu2"}, "activation 'relu2'"),
+        ({"qk_norm": True}, "QK-norm"),
+        ({"logit_softcap": 15.0}, "logit soft-cap 15"),
+        ({"value_embeddings": True}, "value embeddings"),
+        ({"x0_shortcuts": True}, "x0 shortcuts"),
     ],
 )
 def test_non_gpt2_options_refuse_export(tmp_path: Path, overrides: dict, reason: str) -> None:

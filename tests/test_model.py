@@ -19,6 +19,16 @@ OPTION_SETS = {
     "dropout": {"dropout": 0.1},
     "ffn-width": {"ffn_hidden": 24},
     "all-modern": {"activation": "swiglu", "position": "rope", "norm": "rmsnorm", "bias": False},
+    "relu2": {"activation": "relu2"},
+    "qk-norm": {"qk_norm": True},
+    "untied-head": {"tie_embeddings": False},
+    "logit-softcap": {"logit_softcap": 6.0},
+    "value-embeddings": {"value_embeddings": True},
+    "x0-shortcuts": {"x0_shortcuts": True},
+    "zero-init-proj": {"zero_init_proj": True},
+    "speedrun-levers": {"activation": "relu2", "position": "rope", "norm": "rmsnorm", "bias": False, "qk_norm": True,
+                        "tie_embeddings": False, "logit_softcap": 3.0, "value_embeddings": True,
+                        "x0_shortcuts": True, "zero_init_proj": True},
 }
 
 
@@ -48,7 +58,7 @@ def perturbed(model: GPT, seed: int = 0) -> GPT:
         ({"ffn_hidden": 0}, "ffn_hidden must be a positive integer"),
         ({"dropout": 1.0}, "dropout must be a number in [0, 1)"),
         ({"dropout": -0.1}, "dropout must be a number in [0, 1)"),
-        ({"activation": "tanh"}, "choose one of: gelu, relu, swiglu"),
+        ({"activation": "tanh"}, "choose one of: gelu, relu, relu2, swiglu"),
         ({"position": "alibi"}, "choose one of: learned, rope"),
         ({"norm": "batchnorm"}, "choose one of: layernorm, rmsnorm"),
         ({"bias": "yes"}, "bias must be true or false"),
@@ -92,7 +102,7 @@ def test_config_parameter_count_matches_the_module(options: dict) -> None:
     config = small_config(**options)
     model = GPT(config)
     assert model.num_parameters() == config.num_parameters()
-    assert model.lm_head.weight is model.token_embedding.weight
+    assert (model.lm_head.weight is model.token_embedding.weight) == config.tie_embeddings
 
 
 def test_flops_per_token_formula() -> None:
@@ -271,3 +281,47 @@ def test_preset_shapes_train(preset: str) -> None:
     )
     before, after = train_losses(config, steps=30)
     assert after < 0.5 * before, (before, after)
+
+
+# -- the speedrun levers --------------------------------------------------------------------------------
+def test_zero_initialised_projections_make_each_block_start_as_the_identity() -> None:
+    model = GPT(small_config(zero_init_proj=True, dropout=0.0)).eval()
+    x = torch.randn(2, 16, 16)
+    for block in model.blocks:
+        assert torch.equal(block(x)[0], x)
+
+
+def test_x0_shortcuts_and_value_embeddings_start_as_documented() -> None:
+    model = GPT(small_config(x0_shortcuts=True, value_embeddings=True))
+    assert model.blocks[0].x0_mix.tolist() == [1.0, 0.0]
+    assert model.blocks[0].attn.value_mix.tolist() == [0.5, 0.5]
+    assert model.value_embedding.weight.shape == (61, 16)
+
+
+def test_logit_softcap_bounds_every_logits_path() -> None:
+    cap = 0.5
+    model = perturbed(GPT(small_config(logit_softcap=cap)), seed=3)
+    idx = torch.randint(0, 61, (1, 16))
+    logits = model(idx)[0]
+    assert logits.abs().max() < cap
+    assert torch.allclose(model.forward_with_attention(idx)[0], logits, atol=1e-5)
+    cache = model.new_cache()
+    assert torch.allclose(model.forward_cached(idx, cache), logits[:, -1], atol=1e-5)
+
+
+@pytest.mark.parametrize("cap", [None, 1.5])
+def test_chunked_loss_with_softcap_matches_the_plain_loss_and_gradients(cap: float | None) -> None:
+    torch.manual_seed(0)
+    model = perturbed(GPT(small_config(logit_softcap=cap, tie_embeddings=False)), seed=1).train()
+    idx, targets = torch.randint(0, 61, (3, 16)), torch.randint(0, 61, (3, 16))
+    targets[0, :4] = -1
+    results = []
+    for return_logits in (True, False):
+        model.zero_grad()
+        _, loss = model(idx, targets, return_logits=return_logits)
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    (plain, plain_grads), (chunked, chunked_grads) = results
+    assert torch.allclose(plain, chunked, atol=1e-6)
+    for a, b in zip(plain_grads, chunked_grads, strict=True):
+        assert torch.allclose(a, b, atol=1e-6)

@@ -22,7 +22,7 @@ from gpt.data import load_split, read_meta
 from gpt.errors import UserInputError
 from gpt.model import GPTConfig
 from gpt.sampling import SamplingConfig, generate
-from gpt.tokenizer import GPT2_EOT_ID, GPT2_VOCAB_SIZE
+from gpt.tokenizer import GPT2_EOT_ID, GPT2_VOCAB_SIZE, gpt2_tokenizer
 from gpt.train import Trainer
 from gpt.vocab import compact_tokenizer
 
@@ -138,19 +138,40 @@ def test_quick_cpu_preset_is_the_measured_recipe() -> None:
     config = TrainConfig.from_preset("quick-cpu")
     # precision is decided for the machine at run time (gpt/runtime.py), never by the preset
     assert (config.vocab, config.optimizer, config.precision, config.max_minutes) == ("compact", "muon", "auto", 5.0)
+    assert config.ema_decay == 0.998  # the lever chosen on the development slice (README's lever table)
     assert TrainConfig.from_preset("quick-cpu", max_steps=1).max_minutes is None  # a given stop replaces the preset's
     GPTConfig.from_preset("quick-cpu")
 
 
-def test_speedrun_benchmark_end_to_end(data_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("dev", [False, True], ids=["validation", "dev-slice"])
+def test_speedrun_benchmark_end_to_end(data_dir: Path, tmp_path: Path, dev: bool) -> None:
     """bench/speedrun_cpu.py through the real command line: a few seconds of a tiny model, one run."""
     command = [sys.executable, "-m", "bench.speedrun_cpu", "--seconds", "4", "--runs", "1", "--data", str(data_dir),
-               "--out", str(tmp_path / "runs"), "--plot", str(tmp_path / "curve.svg"), "--",
+               "--out", str(tmp_path / "runs"), "--plot", str(tmp_path / "curve.svg"),
+               "--results", str(tmp_path / "results.json"), *(["--dev"] if dev else []), "--",
                "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--context-length", "32", "--eval-interval", "5",
                "--eval-batches", "2", "--precision", "fp32"]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "whole validation split" in done.stdout and f"on {os.cpu_count()} CPU cores" in done.stdout
+    split = "development slice" if dev else "validation split"
+    assert f"whole {split}" in done.stdout and f"on {os.cpu_count()} CPU cores" in done.stdout
     final = json.loads((tmp_path / "runs" / "run-0" / "metrics.jsonl").read_text().splitlines()[-1])
     assert final["kind"] == "status" and final["status"] == "finished"
     assert (tmp_path / "curve.svg").read_text().startswith("<svg") and (tmp_path / "curve.html").is_file()
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["split"] == ("development slice" if dev else "validation")
+    trained_on = json.loads((tmp_path / "runs" / "run-0" / "config.json").read_text())["data"]["dir"]
+    assert (Path(trained_on).name == f"{data_dir.name}-dev") == dev
+    assert results["median_bits_per_byte"] == results["runs"][0]["final_bits_per_byte"] > 0
+
+
+def test_dev_slice_is_carved_from_the_training_text_only(data_dir: Path, tmp_path: Path) -> None:
+    from bench.speedrun_cpu import dev_slice
+
+    dev = dev_slice(data_dir, tmp_path)
+    tokenizer = gpt2_tokenizer()
+    text = {split: tokenizer.decode(load_split(data_dir, split).tolist()) for split in ("train", "val")}
+    dev_text = {split: tokenizer.decode(load_split(dev, split).tolist()) for split in ("train", "val")}
+    assert dev_text["train"] + dev_text["val"] == text["train"]  # the validation text is never read
+    assert dev_text["val"] == text["train"][-len(dev_text["val"]):]
+    assert len(dev_text["val"]) / len(text["train"]) == pytest.approx(1 / 9, abs=0.02)

@@ -21,7 +21,7 @@ from gpt.config import TrainConfig
 from gpt.data.folder import read_meta
 from gpt.errors import UserInputError
 from gpt.model import GPTConfig
-from gpt.optim import cosine_lr
+from gpt.optim import cosine_lr, scheduled_lr, wsd_lr
 from gpt.train import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,12 +79,13 @@ def test_training_writes_a_complete_run_folder(data_dir: Path, tmp_path: Path) -
     assert "finished at step 15" in (run / "README.md").read_text()
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
-def test_resume_and_bursts_reproduce_an_uninterrupted_run(data_dir: Path, tmp_path: Path, optimizer: str) -> None:
-    whole = make_trainer(data_dir, tmp_path / "whole", max_steps=12, optimizer=optimizer)
+@pytest.mark.parametrize("recipe", [{"optimizer": "adamw"}, {"optimizer": "muon"},
+                                    {"ema_decay": 0.8, "schedule": "wsd"}], ids=["adamw", "muon", "ema-wsd"])
+def test_resume_and_bursts_reproduce_an_uninterrupted_run(data_dir: Path, tmp_path: Path, recipe: dict) -> None:
+    whole = make_trainer(data_dir, tmp_path / "whole", max_steps=12, **recipe)
     assert whole.run() == "finished"
 
-    bursts = make_trainer(data_dir, tmp_path / "parts", max_steps=12, optimizer=optimizer)
+    bursts = make_trainer(data_dir, tmp_path / "parts", max_steps=12, **recipe)
     assert bursts.run(max_steps=3) == "running"
     assert bursts.run(max_steps=2) == "running"
     assert bursts.step == 5
@@ -189,6 +190,29 @@ def test_learning_rate_schedule_warms_up_then_decays_to_the_minimum() -> None:
     assert cosine_lr(config, 9, 0.09) == pytest.approx(1.0)
     assert cosine_lr(config, 50, 0.5) == pytest.approx(0.55)
     assert cosine_lr(config, 100, 1.0) == pytest.approx(0.1)
+
+
+def test_wsd_schedule_holds_the_peak_then_decays_linearly_over_the_cooldown() -> None:
+    config = TrainConfig(max_steps=100, learning_rate=1.0, warmup_steps=10, min_lr_ratio=0.1, schedule="wsd",
+                         cooldown_fraction=0.2)
+    assert wsd_lr(config, 0, 0.0) == pytest.approx(0.1)
+    assert wsd_lr(config, 50, 0.5) == wsd_lr(config, 80, 0.8) == 1.0
+    assert wsd_lr(config, 90, 0.9) == pytest.approx(0.55)
+    assert wsd_lr(config, 100, 1.0) == pytest.approx(0.1)
+    assert scheduled_lr(config, 90, 0.9) == wsd_lr(config, 90, 0.9)
+    cosine = TrainConfig(max_steps=100, learning_rate=1.0, warmup_steps=10)
+    assert scheduled_lr(cosine, 50, 0.5) == cosine_lr(cosine, 50, 0.5)
+
+
+def test_weight_averaging_evaluates_and_saves_the_average(data_dir: Path, tmp_path: Path) -> None:
+    trainer = make_trainer(data_dir, tmp_path / "run", max_steps=6, ema_decay=0.5)
+    assert trainer.run() == "finished"
+    average, live = trainer.ema.module.state_dict(), trainer.model.state_dict()
+    assert any(not torch.equal(average[name], live[name]) for name in live)
+    saved = ckpt.Run.open(tmp_path / "run").load().model.state_dict()
+    for name, tensor in saved.items():
+        assert torch.equal(tensor, average[name]), name
+    assert trainer.weights is trainer.ema.module
 
 
 def test_muon_trains_the_block_matrices_and_adamw_the_rest(data_dir: Path, tmp_path: Path) -> None:

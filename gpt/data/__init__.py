@@ -27,7 +27,7 @@ _EXPORTS = {
                 "prepare_dataset", "split_documents"),
     "tokens": ("chunk_text", "count_tokens", "tokenize_documents", "write_data_folder"),
     "folder": ("FORMAT_VERSION", "eval_window_count", "get_batch", "iter_eval_batches", "load_split", "read_meta",
-               "split_token_counts", "token_id_map"),
+               "model_tokens", "spell_ids", "split_token_counts", "token_id_map"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_MODULE_OF)

@@ -6,8 +6,9 @@
 `load_split` memory-maps a split, `get_batch` draws random windows of `context_length + 1` tokens for
 training, `iter_eval_batches` covers a split with non-overlapping windows for evaluation. Token files
 always hold GPT-2 ids; a run with a compact vocabulary maps them to model ids with `token_id_map(tokenizer)`
-(passed as `id_map`). This module needs only numpy (torch where batches are made): the trainer and run
-loading import it without pulling in pandas or the cleaning libraries.
+(passed as `id_map`), and one cut to its most frequent tokens reads them spelled (`model_tokens`). This
+module needs only numpy (torch where batches are made): the trainer and run loading import it without
+pulling in pandas or the cleaning libraries.
 """
 
 from __future__ import annotations
@@ -90,6 +91,30 @@ def token_id_map(tokenizer: Tokenizer) -> np.ndarray | None:
     return table
 
 
+def spell_ids(tokens: np.ndarray, tokenizer: Tokenizer) -> np.ndarray:
+    """GPT-2 ids -> the model ids of a vocabulary that spells the tokens it lacks (`Tokenizer.spells_data`):
+    each token becomes its kept id, or the kept pieces that make up its bytes (`Tokenizer.from_gpt2`), so the
+    result is longer than `tokens`. Vectorised: each distinct id is spelled once."""
+    tokens = np.asarray(tokens, dtype=np.int64)
+    distinct, inverse = np.unique(tokens, return_inverse=True)
+    spellings = [tokenizer.from_gpt2([int(gpt2_id)]) for gpt2_id in distinct]
+    lengths = np.array([len(piece) for piece in spellings], dtype=np.int64)
+    flat = np.fromiter((i for piece in spellings for i in piece), dtype=np.int64, count=int(lengths.sum()))
+    offsets = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    per_token = lengths[inverse]  # pieces of each token
+    starts = np.repeat(offsets[inverse], per_token)  # where each output id's spelling starts in `flat`
+    within = np.arange(int(per_token.sum())) - np.repeat(np.cumsum(per_token) - per_token, per_token)
+    return flat[starts + within]
+
+
+def model_tokens(tokens: np.ndarray, tokenizer: Tokenizer) -> tuple[np.ndarray, np.ndarray | None]:
+    """A split as a model with `tokenizer` reads it: (tokens, id_map) to map window by window, or, for a
+    vocabulary that spells rarer tokens, (the spelled model ids, None)."""
+    if tokenizer.spells_data:
+        return spell_ids(tokens, tokenizer), None
+    return tokens, token_id_map(tokenizer)
+
+
 def _to_device(tensor: torch.Tensor, device: str | torch.device) -> torch.Tensor:
     import torch
 
@@ -127,12 +152,14 @@ def eval_window_count(num_tokens: int, context_length: int) -> int:
 
 def iter_eval_batches(tokens: np.ndarray, context_length: int, batch_size: int, *,
                       device: str | torch.device = "cpu", id_map: np.ndarray | None = None,
-                      max_windows: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                      max_windows: int | None = None, pad_id: int | None = None
+                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Non-overlapping windows covering the split, in order: window i has x = tokens[iT:iT+T] and
     y = tokens[iT+1:iT+T+1], so every token after the first is a target exactly once.
 
-    The last window is usually shorter: its x is padded with <|endoftext|> and its y with -1 (the
-    loss's ignore_index), so count targets as (y != -1). `max_windows` stops early (a quick estimate)."""
+    The last window is usually shorter: its x is padded with <|endoftext|> (`pad_id`: its model id, for
+    tokens that are model ids already) and its y with -1 (the loss's ignore_index), so count targets as
+    (y != -1). `max_windows` stops early (a quick estimate)."""
     import torch
 
     if len(tokens) < 2:
@@ -142,7 +169,7 @@ def iter_eval_batches(tokens: np.ndarray, context_length: int, batch_size: int, 
     windows = eval_window_count(len(tokens), context_length)
     if max_windows is not None:
         windows = min(windows, max_windows)
-    pad = int(id_map[GPT2_EOT_ID]) if id_map is not None else GPT2_EOT_ID
+    pad = pad_id if pad_id is not None else int(id_map[GPT2_EOT_ID]) if id_map is not None else GPT2_EOT_ID
     for first in range(0, windows, batch_size):
         rows = range(first, min(first + batch_size, windows))
         x = np.full((len(rows), context_length), pad, dtype=np.int64)  # (B, T)

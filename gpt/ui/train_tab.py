@@ -43,9 +43,12 @@ FIELD_NAMES = list(SPECS)
 # Field groups as shown; any field not listed lands in "Other", so none is missing.
 GROUPS = {
     "Model": ["n_layer", "n_head", "n_embd", "ffn_hidden", "context_length", "dropout", "activation", "position",
-              "norm", "bias", "vocab"],
+              "norm", "bias", "vocab", "vocab_limit"],
+    "Model: small-model speedrun levers": ["qk_norm", "tie_embeddings", "logit_softcap", "value_embeddings",
+                                           "x0_shortcuts", "zero_init_proj"],
     "Optimisation": ["optimizer", "learning_rate", "muon_learning_rate", "batch_size", "grad_accum_steps",
-                     "min_lr_ratio", "warmup_steps", "weight_decay", "beta1", "beta2", "grad_clip"],
+                     "schedule", "min_lr_ratio", "warmup_steps", "cooldown_fraction", "weight_decay", "beta1",
+                     "beta2", "grad_clip", "ema_decay"],
     "Stop when (0 = not this one; the first reached stops)": ["max_steps", "max_minutes", "epochs"],
     "Evaluation and samples": ["eval_interval", "eval_batches", "log_interval", "log_seconds", "sample_prompt",
                                "sample_tokens", "sample_temperature", "snapshots"],
@@ -166,7 +169,7 @@ def start_run(dirs: AppDirs, request: dict, progress=None) -> Path:
     if (run_dir / "model.safetensors").exists():
         raise UserInputError(f"A run named {folder!r} exists already; choose another run name.", field="run_name")
     plan = make_plan(model, train, data_dir)  # checks device and precision before anything is written
-    tokenizer = tokenizer_for(train.vocab, data_dir)
+    tokenizer = tokenizer_for(train.vocab, data_dir, train.vocab_limit)
     config = RunConfig(model=plan.model, train=train, data=DataRef(str(data_dir), read_meta(data_dir)),
                        tokenizer=tokenizer, preset=preset)
     return JOBS.start(config, run_dir).run_dir
