@@ -102,20 +102,21 @@ def one_run(index: int, args: argparse.Namespace, data: Path, out: Path) -> dict
     return result
 
 
-def write_svg(results: list[dict], path: Path, title: str, labels: list[str] | None = None) -> None:
+def write_svg(results: list[dict], path: Path, title: str, labels: list[str] | None = None,
+              y_label: str = "validation bits/byte", y_top: float | None = None) -> None:
     """A small dependency-free line chart of bits/byte against training seconds, one line per run
-    (`labels`: a legend entry per run)."""
+    (`labels`: a legend entry per run; `y_top`: the highest bits/byte shown, higher points drawn at the top)."""
     width, height, pad = 640, 400, 50
     points = [p for r in results for p in r["curve"][1:]]
     x_max = max(p[0] for p in points) or 1.0
     y_min = min(min(p[1] for p in points), TARGET_BITS_PER_BYTE) - 0.1
-    y_max = max(p[1] for p in points) + 0.1
+    y_max = y_top if y_top is not None else max(p[1] for p in points) + 0.1
 
     def x_of(seconds: float) -> float:
         return pad + (width - 2 * pad) * seconds / x_max
 
     def y_of(bpb: float) -> float:
-        return height - pad - (height - 2 * pad) * (bpb - y_min) / (y_max - y_min)
+        return height - pad - (height - 2 * pad) * (min(bpb, y_max) - y_min) / (y_max - y_min)
 
     def xy(seconds: float, bpb: float) -> str:
         return f"{x_of(seconds):.1f},{y_of(bpb):.1f}"
@@ -129,7 +130,7 @@ def write_svg(results: list[dict], path: Path, title: str, labels: list[str] | N
              f'<polyline points="{xy(0, y_min)} {xy(0, y_max)}" stroke="black" fill="none"/>',
              f'<text x="{width / 2}" y="{height - 12}" text-anchor="middle">training seconds</text>',
              f'<text x="14" y="{height / 2}" transform="rotate(-90 14 {height / 2})" text-anchor="middle">'
-             'validation bits/byte</text>']
+             f'{y_label}</text>']
     for tick in range(5):
         seconds, bpb = x_max * tick / 4, y_min + (y_max - y_min) * tick / 4
         parts.append(f'<text x="{x_of(seconds):.1f}" y="{height - pad + 16}" text-anchor="middle">{seconds:.0f}</text>')

@@ -90,7 +90,8 @@ def plot(out: Path, names: list[str], path: Path) -> None:
     files = {name: out / f"{name}.json" for name in names}
     results = {name: json.loads(file.read_text()) for name, file in files.items() if file.exists()}
     write_svg([result["runs"][0] for result in results.values()], path,
-              "levers on the development slice (300 s each, one run)", labels=list(results))
+              "levers on the development slice (300 s each, one run)", labels=list(results),
+              y_label="development-slice bits/byte", y_top=2.6)
 
 
 def main() -> int:

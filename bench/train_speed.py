@@ -3,8 +3,9 @@
     python -m bench.train_speed [--preset seed] [--steps 10] [--rounds 3] [--context 128] [--batch 8]
                                 [--precision fp32] [--with-full-logits] [--data DIR] [--default-malloc]
 
-Both models get the preset's shape (default `seed`: 6 layers, 8 heads, n_embd 384, FFN 1536, full GPT-2
-vocabulary; `quick-cpu`: 4 x 192 with its compact vocabulary of the data) at the given context and are
+Both models get the preset's shape in GPT-2's architecture (default `seed`: 6 layers, 8 heads, n_embd 384,
+FFN 1536, full GPT-2 vocabulary; `quick-cpu`: 4 x 192 with its compact vocabulary of the data, without its
+QK-norm, which Hugging Face's GPT-2 lacks) at the given context and are
 trained by the same loop as `gpt/train.py`'s step: a random batch from Tiny Shakespeare, forward, mean
 cross-entropy, backward, gradient clipping, fused AdamW (decay on matrices only; both models, whatever the
 preset's optimizer). Ours asks for the loss only (`model(x, y, return_logits=False)`, as the trainer does:
@@ -88,6 +89,9 @@ def make_step(name: str, model: torch.nn.Module, tokens, id_map, autocast_dtype:
     return step
 
 
+SHAPE_FIELDS = ("n_layer", "n_head", "n_embd", "ffn_hidden")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="seed", choices=sorted(PRESETS),
@@ -114,7 +118,9 @@ def main() -> None:
     tokens = load_split(folder, "train")
     _, preset_train = resolve_preset(args.preset)
     tokenizer = tokenizer_for(preset_train.vocab, folder, preset_train.vocab_limit)
-    config = GPTConfig.from_preset(args.preset, context_length=args.context, vocab_size=tokenizer.vocab_size)
+    # The preset's shape only, in GPT-2's architecture (a preset's levers, e.g. QK-norm, have no HF twin).
+    shape = {key: value for key, value in PRESETS[args.preset].model.items() if key in SHAPE_FIELDS}
+    config = GPTConfig(**shape, context_length=args.context, vocab_size=tokenizer.vocab_size)
     choice = resolve_precision(args.precision, torch.device("cpu"))
     ours_dtype = None if choice.precision == "fp32" else low_precision_dtype(choice.precision)
 

@@ -138,9 +138,9 @@ def test_quick_cpu_preset_is_the_measured_recipe() -> None:
     config = TrainConfig.from_preset("quick-cpu")
     # precision is decided for the machine at run time (gpt/runtime.py), never by the preset
     assert (config.vocab, config.optimizer, config.precision, config.max_minutes) == ("compact", "muon", "auto", 5.0)
-    assert config.ema_decay == 0.998  # the lever chosen on the development slice (README's lever table)
+    assert config.ema_decay == 0.998  # the levers chosen on the development slice (README's lever table)
     assert TrainConfig.from_preset("quick-cpu", max_steps=1).max_minutes is None  # a given stop replaces the preset's
-    GPTConfig.from_preset("quick-cpu")
+    assert GPTConfig.from_preset("quick-cpu").qk_norm
 
 
 @pytest.mark.parametrize("dev", [False, True], ids=["validation", "dev-slice"])
