@@ -42,6 +42,9 @@ LEVERS: dict[str, tuple[list[str], str]] = {
     "softcap15": (["--logit-softcap", "15"], "logit soft-cap 15"),
     "zero-init": (["--zero-init-proj"], "zero-initialised residual projections"),
     "wsd": (["--schedule", "wsd"], "warmup-stable-decay schedule (cooldown 30%)"),
+    "value-emb": (["--value-embeddings"], "value embeddings mixed into every layer's values"),
+    "untied": (["--no-tie-embeddings"], "untied LM head"),
+    "rope": (["--position", "rope"], "rotary position embeddings"),
 }
 
 

@@ -155,7 +155,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
         # schedule over the wall clock, and the weights averaged (EMA 0.998) for evaluation and saving.
         "quick-cpu",
         "the 5-minute CPU recipe: 4 layers x 192 wide, compact vocabulary (about 4.1 M parameters on Tiny "
-        "Shakespeare), Muon, QK-norm, weight averaging, 5 minutes; ~0.2-0.3 s per step on 2 CPU cores",
+        "Shakespeare), Muon, QK-norm, weight averaging, 5 minutes; ~0.2-0.4 s per step on 2 CPU cores",
         model={"context_length": 128, "n_layer": 4, "n_head": 4, "n_embd": 192, "qk_norm": True},
         train={"batch_size": 8, "learning_rate": 5e-3, "warmup_steps": 20, "max_minutes": 5.0, "eval_interval": 100,
                "eval_batches": 8, "snapshots": 4, "vocab": "compact", "optimizer": "muon",
