@@ -59,9 +59,9 @@ def dev_slice(data: Path, scratch: Path) -> Path:
     The training text is recovered exactly by decoding train.bin (GPT-2 BPE is lossless), then prepared by
     `python -m gpt prepare` like any corpus, so the dev figures come from the same code path as the real ones."""
     from gpt.data import load_split
-    from gpt.tokenizer import Tokenizer
+    from gpt.tokenizer import gpt2_tokenizer
 
-    text = Tokenizer().decode(load_split(data, "train").tolist())
+    text = gpt2_tokenizer().decode(load_split(data, "train").tolist())
     source = scratch / f"{data.name}-train-text.txt"
     source.write_text(text, encoding="utf-8")
     out = scratch / f"{data.name}-dev"

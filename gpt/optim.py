@@ -15,6 +15,7 @@ step, fp32 elsewhere.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -96,31 +97,29 @@ def configure_optimizers(model: torch.nn.Module, config: TrainConfig, device: to
     return optimizers
 
 
-def cosine_lr(config: TrainConfig, step: int, progress: float) -> float:
-    """Linear warmup over `warmup_steps`, then cosine from the peak down to min_lr_ratio x peak.
-
-    `progress` in [0, 1] is how far the decay has gone (by planned steps, or by time for a run bounded
-    only by `max_minutes`)."""
+def _warmup_then(config: TrainConfig, step: int, progress: float,
+                 decay: Callable[[float, float, float], float]) -> float:
+    """Linear warmup over `warmup_steps`, then `decay(peak, low, progress)` with low = min_lr_ratio x peak
+    and `progress` clamped to [0, 1]: how far the decay has gone (by planned steps, or by time for a run
+    bounded only by `max_minutes`)."""
     peak = config.learning_rate
     if step < config.warmup_steps:
         return peak * (step + 1) / config.warmup_steps
-    progress = min(max(progress, 0.0), 1.0)
-    low = peak * config.min_lr_ratio
-    return low + 0.5 * (1.0 + math.cos(math.pi * progress)) * (peak - low)
+    return decay(peak, peak * config.min_lr_ratio, min(max(progress, 0.0), 1.0))
+
+
+def cosine_lr(config: TrainConfig, step: int, progress: float) -> float:
+    """Linear warmup, then cosine from the peak down to min_lr_ratio x peak."""
+    return _warmup_then(config, step, progress,
+                        lambda peak, low, done: low + 0.5 * (1.0 + math.cos(math.pi * done)) * (peak - low))
 
 
 def wsd_lr(config: TrainConfig, step: int, progress: float) -> float:
     """Warmup-stable-decay (trapezoidal): linear warmup, the peak until the last `cooldown_fraction` of the
     run, then linear down to min_lr_ratio x peak (Hägele et al. 2024; modded-nanogpt's schedule)."""
-    peak = config.learning_rate
-    if step < config.warmup_steps:
-        return peak * (step + 1) / config.warmup_steps
-    progress = min(max(progress, 0.0), 1.0)
     start = 1.0 - config.cooldown_fraction
-    if progress <= start:
-        return peak
-    low = peak * config.min_lr_ratio
-    return peak - (peak - low) * (progress - start) / config.cooldown_fraction
+    return _warmup_then(config, step, progress, lambda peak, low, done: peak if done <= start
+                        else peak - (peak - low) * (done - start) / config.cooldown_fraction)
 
 
 def scheduled_lr(config: TrainConfig, step: int, progress: float) -> float:
