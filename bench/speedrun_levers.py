@@ -21,35 +21,54 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# name -> (extra `python -m gpt train` flags, what the lever is)
-LEVERS: dict[str, tuple[list[str], str]] = {
-    "baseline": ([], "the preset as it is"),
-    "relu2": (["--activation", "relu2"], "ReLU² instead of GELU in the MLP"),
-    "dropout01": (["--dropout", "0.1"], "dropout 0.1"),
-    "vocab4096": (["--vocab-limit", "4096"], "compact vocabulary cut to the 4,096 most frequent training tokens"),
-    "dropout02": (["--dropout", "0.2"], "dropout 0.2"),
-    "wd03": (["--weight-decay", "0.3"], "weight decay 0.3 (AdamW matrices and Muon)"),
-    "ema99": (["--ema-decay", "0.99"], "EMA of the weights (decay 0.99) is evaluated and saved"),
-    "wd06": (["--weight-decay", "0.6"], "weight decay 0.6"),
-    "ema995": (["--ema-decay", "0.995"], "EMA of the weights, decay 0.995"),
+# name -> (extra `python -m gpt train` flags, what the lever is, the lever row it is compared with). The rows
+# were run as the preset stood at the time: "baseline" is quick-cpu before weight averaging and QK-norm (now
+# `--ema-power 0 --no-qk-norm`), the rows compared with "ema998" added EMA 0.998 (now `--ema-decay 0.998
+# --no-qk-norm`), the rows compared with "qk-norm-ema" (QK-norm + EMA 0.998, what quick-cpu had then) changed
+# its weight average, and the rows compared with "power3" were added to quick-cpu as it is now (QK-norm + the
+# power average, exponent 3).
+LEVERS: dict[str, tuple[list[str], str, str | None]] = {
+    "baseline": ([], "the preset as it is", None),
+    "relu2": (["--activation", "relu2"], "ReLU² instead of GELU in the MLP", "baseline"),
+    "dropout01": (["--dropout", "0.1"], "dropout 0.1", "baseline"),
+    "vocab4096": (["--vocab-limit", "4096"], "compact vocabulary cut to the 4,096 most frequent training tokens",
+                  "baseline"),
+    "dropout02": (["--dropout", "0.2"], "dropout 0.2", "baseline"),
+    "wd03": (["--weight-decay", "0.3"], "weight decay 0.3 (AdamW matrices and Muon)", "baseline"),
+    "ema99": (["--ema-decay", "0.99"], "EMA of the weights (decay 0.99) is evaluated and saved", "baseline"),
+    "wd06": (["--weight-decay", "0.6"], "weight decay 0.6", "baseline"),
+    "ema995": (["--ema-decay", "0.995"], "EMA of the weights, decay 0.995", "baseline"),
     "combo-reg": (["--dropout", "0.1", "--weight-decay", "0.3", "--ema-decay", "0.99"],
-                  "together: dropout 0.1, weight decay 0.3, EMA 0.99"),
-    "ema998": (["--ema-decay", "0.998"], "EMA of the weights, decay 0.998"),
-    "wd03-ema998": (["--weight-decay", "0.3", "--ema-decay", "0.998"], "together: weight decay 0.3, EMA 0.998"),
-    "qk-norm": (["--qk-norm"], "QK-norm (RMS-normalised queries and keys)"),
-    "x0": (["--x0-shortcuts"], "x0 shortcuts (each block reads a mix of x and the input embedding)"),
-    "qk-norm-ema": (["--qk-norm"], "QK-norm, on the recipe with weight averaging"),
-    "softcap15": (["--logit-softcap", "15"], "logit soft-cap 15"),
-    "zero-init": (["--zero-init-proj"], "zero-initialised residual projections"),
-    "wsd": (["--schedule", "wsd"], "warmup-stable-decay schedule (cooldown 30%)"),
-    "value-emb": (["--value-embeddings"], "value embeddings mixed into every layer's values"),
-    "untied": (["--no-tie-embeddings"], "untied LM head"),
-    "rope": (["--position", "rope"], "rotary position embeddings"),
+                  "together: dropout 0.1, weight decay 0.3, EMA 0.99", "baseline"),
+    "ema998": (["--ema-decay", "0.998"], "EMA of the weights, decay 0.998", "baseline"),
+    "wd03-ema998": (["--weight-decay", "0.3", "--ema-decay", "0.998"], "together: weight decay 0.3, EMA 0.998",
+                    "baseline"),
+    "qk-norm": (["--qk-norm"], "QK-norm (RMS-normalised queries and keys)", "baseline"),
+    "x0": (["--x0-shortcuts"], "x0 shortcuts (each block reads a mix of x and the input embedding)", "ema998"),
+    "qk-norm-ema": (["--qk-norm"], "QK-norm, on the recipe with weight averaging", "ema998"),
+    "softcap15": (["--logit-softcap", "15"], "logit soft-cap 15", "ema998"),
+    "zero-init": (["--zero-init-proj"], "zero-initialised residual projections", "ema998"),
+    "wsd": (["--schedule", "wsd"], "warmup-stable-decay schedule (cooldown 30%)", "ema998"),
+    "value-emb": (["--value-embeddings"], "value embeddings mixed into every layer's values", "power3"),
+    "untied": (["--no-tie-embeddings"], "untied LM head", "power3"),
+    "rope": (["--position", "rope"], "rotary position embeddings", "power3"),
+    "power1": (["--ema-power", "1"], "power-function weight average, exponent 1 (step t weighs t)", "qk-norm-ema"),
+    "power05": (["--ema-power", "0.5"], "power-function weight average, exponent 0.5 (step t weighs t^0.5)",
+                "qk-norm-ema"),
+    "power3": (["--ema-power", "3"], "power-function weight average, exponent 3 (step t weighs t^3)",
+               "qk-norm-ema"),
+    "muon-lr03": (["--muon-learning-rate", "0.03"], "Muon learning rate 0.03 instead of 0.02", "power3"),
+    "ctx256": (["--context-length", "256", "--batch-size", "4"], "context 256, batch 4 (the same tokens per step)",
+               "power3"),
+    "batch16": (["--batch-size", "16"], "batch 16 (twice the tokens per step, about half the steps)", "power3"),
 }
+# what each compared-with row's recipe was, for the table's "added to" column
+RECIPES = {"baseline": "quick-cpu as it was", "ema998": "+ EMA 0.998", "qk-norm-ema": "+ EMA 0.998 + QK-norm",
+           "power3": "quick-cpu now (QK-norm + power average 3)"}
 
 
 def run_lever(name: str, args: argparse.Namespace) -> None:
-    flags, _ = LEVERS[name]
+    flags = LEVERS[name][0]
     command = [sys.executable, "-m", "bench.speedrun_cpu", "--dev", "--runs", "1", "--preset", args.preset,
                "--seconds", str(args.seconds), "--out", str(args.out / name), "--plot", str(args.out / f"{name}.svg"),
                "--results", str(args.out / f"{name}.json"), "--", *flags]
@@ -57,28 +76,19 @@ def run_lever(name: str, args: argparse.Namespace) -> None:
     subprocess.run(command, cwd=ROOT, check=True)
 
 
-def preset_ema(result: dict) -> float:
-    """The EMA decay the preset itself had when the lever ran (the recipe the lever was added to)."""
-    config = json.loads((Path(result["runs"][0]["run"]) / "config.json").read_text())
-    flags = result.get("train_flags") or []
-    given = "--ema-decay" in flags
-    return 0.0 if given else float(config["train"].get("ema_decay", 0.0))
-
-
 def table(out: Path) -> str:
-    """Markdown: each lever against the recipe it was added to (the preset without or with weight averaging)."""
+    """Markdown: each lever against the row it is compared with (the recipe it was added to)."""
     results = {path.stem: json.loads(path.read_text()) for path in sorted(out.glob("*.json"))}
     lines = ["| lever | flags | added to | dev bits/byte | vs that recipe | tokens/s | runs |",
              "|---|---|---|---|---|---|---|"]
-    for name, (flags, what) in LEVERS.items():
+    for name, (flags, what, compared_with) in LEVERS.items():
         if name not in results:
             continue
         result = results[name]
-        ema = preset_ema(result)
-        reference = results.get("ema998" if ema else "baseline", {}).get("median_bits_per_byte")
-        recipe = f"preset + EMA {ema:g}" if ema else "preset"
+        reference = results.get(compared_with, {}).get("median_bits_per_byte") if compared_with else None
+        recipe = RECIPES.get(compared_with, "") if compared_with else ""
         bpb = result["median_bits_per_byte"]
-        delta = f"{bpb - reference:+.3f}" if reference is not None and name != "baseline" else ""
+        delta = f"{bpb - reference:+.3f}" if reference is not None else ""
         speeds = [run["tokens_per_second"] for run in result["runs"]]
         shown = f"`{' '.join(flags)}`" if flags else "(none)"
         lines.append(f"| {what} | {shown} | {recipe} | {bpb:.3f} | {delta} | {sum(speeds) / len(speeds):,.0f} "

@@ -50,9 +50,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from gpt import run as runs
+from gpt.averaging import weight_average
 from gpt.config import TrainConfig
 from gpt.data.folder import get_batch, load_split, model_tokens, read_meta
 from gpt.errors import UserInputError
@@ -191,9 +191,8 @@ class Trainer:
         ortho = torch.bfloat16 if self.device.type == "cuda" else low_precision_dtype(self.precision)
         self.optimizers = configure_optimizers(self.model, train_config, self.device, ortho_dtype=ortho)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
-        # Weight averaging: the EMA copy is what the run evaluates, samples from and saves.
-        self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(train_config.ema_decay))
-                    if train_config.ema_decay > 0 else None)
+        # Weight averaging (gpt/averaging.py): the averaged copy is what the run evaluates, samples from and saves.
+        self.averaged = weight_average(self.model, train_config)
         if _state is not None:
             self._load_state(_state)
         self.peak_flops = peak_flops(self.device, self.precision)
@@ -255,8 +254,8 @@ class Trainer:
 
     @property
     def weights(self) -> GPT:
-        """The weights the run evaluates, samples from and saves: the EMA copy when averaging, else the model."""
-        return self.ema.module if self.ema is not None else self.model
+        """The weights the run evaluates, samples from and saves: the averaged copy when averaging, else the model."""
+        return self.averaged.module if self.averaged is not None else self.model
 
     def _make_probe(self) -> Probe | None:
         """The fixed head-score probe of this run (drawn from its seed, so a resumed run scores the same
@@ -291,8 +290,8 @@ class Trainer:
         self.step, self.tokens, self.elapsed = int(state["step"]), int(state["tokens"]), float(state["elapsed"])
         self.best_val_loss, self.best_step = float(state["best_val_loss"]), int(state["best_step"])
         self.next_snapshot = int(state["next_snapshot"])
-        if self.ema is not None and "ema" in state:
-            self.ema.load_state_dict(state["ema"])
+        if self.averaged is not None and "ema" in state:
+            self.averaged.load_state_dict(state["ema"])
         torch.set_rng_state(state["torch_rng"])
         if self.device.type == "cuda" and "cuda_rng" in state:
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
@@ -466,8 +465,8 @@ class Trainer:
                 for optimizer in self.optimizers:
                     self.scaler.step(optimizer)
                 self.scaler.update()
-                if self.ema is not None:
-                    self.ema.update_parameters(self.model)
+                if self.averaged is not None:
+                    self.averaged.update_parameters(self.model)
         for optimizer in self.optimizers:
             optimizer.zero_grad(set_to_none=True)
         return loss_value
@@ -616,8 +615,8 @@ class Trainer:
                  "step": self.step, "tokens": self.tokens, "elapsed": self.elapsed,
                  "best_val_loss": self.best_val_loss, "best_step": self.best_step,
                  "next_snapshot": self.next_snapshot, "torch_rng": torch.get_rng_state()}
-        if self.ema is not None:
-            state["ema"] = {k: v.detach().cpu() for k, v in self.ema.state_dict().items()}
+        if self.averaged is not None:
+            state["ema"] = {k: v.detach().cpu() for k, v in self.averaged.state_dict().items()}  # key of any rule
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         return state

@@ -4,6 +4,7 @@ and an error that names the uploaded file and marks only the message it is about
 from __future__ import annotations
 
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 pytestmark = pytest.mark.browser
 
@@ -12,8 +13,18 @@ CAFE = "Café crème, naïve façade"
 
 def upload_and_load(page, path) -> None:
     page.get_by_label("Upload files").check()
-    page.locator("#data-files input[type=file]").set_input_files(str(path))
-    page.locator("#data-files", has_text=path.name).wait_for(timeout=90_000)  # uploads are slow on a loaded machine
+    page.locator("#data-files").wait_for(state="visible")
+    listed = page.locator("#data-files", has_text=path.name)
+    # The file input can be re-rendered while the upload box appears, dropping a file set on the old one, so
+    # the file is set again until the box lists it (uploads are slow on a loaded machine).
+    for attempt in range(3):
+        page.locator("#data-files input[type=file]").set_input_files(str(path))
+        try:
+            listed.wait_for(timeout=30_000)
+            break
+        except PlaywrightTimeoutError:
+            if attempt == 2:
+                raise
     page.locator("#data-load").click()
 
 

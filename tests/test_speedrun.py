@@ -138,7 +138,8 @@ def test_quick_cpu_preset_is_the_measured_recipe() -> None:
     config = TrainConfig.from_preset("quick-cpu")
     # precision is decided for the machine at run time (gpt/runtime.py), never by the preset
     assert (config.vocab, config.optimizer, config.precision, config.max_minutes) == ("compact", "muon", "auto", 5.0)
-    assert config.ema_decay == 0.998  # the levers chosen on the development slice (README's lever table)
+    # the levers chosen on the development slice (README's lever table), on both kinds of CPU
+    assert (config.ema_decay, config.ema_power) == (0.0, 3.0)
     assert TrainConfig.from_preset("quick-cpu", max_steps=1).max_minutes is None  # a given stop replaces the preset's
     assert GPTConfig.from_preset("quick-cpu").qk_norm
 
@@ -176,3 +177,17 @@ def test_dev_slice_is_carved_from_the_training_text_only(data_dir: Path, tmp_pat
     assert dev_text["train"] + dev_text["val"] == text["train"].rstrip()
     assert text["train"].rstrip().endswith(dev_text["val"])
     assert len(dev_text["val"]) / len(text["train"]) == pytest.approx(1 / 9, abs=0.02)
+
+
+def test_lever_table_compares_each_lever_with_its_named_recipe(tmp_path: Path) -> None:
+    from bench.speedrun_levers import LEVERS, RECIPES, table
+
+    assert all(compared in LEVERS and compared in RECIPES for *_, compared in LEVERS.values() if compared)
+    for name, bits in {"baseline": 2.1, "ema998": 2.05, "x0": 2.06}.items():
+        runs = [{"tokens_per_second": 4000.0}, {"tokens_per_second": 5000.0}]
+        (tmp_path / f"{name}.json").write_text(json.dumps({"median_bits_per_byte": bits, "runs": runs}))
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in table(tmp_path).splitlines()[2:]}
+    assert len(rows) == 3
+    assert "| + EMA 0.998 | 2.060 | +0.010 | 4,500 | 2 |" in rows[LEVERS["x0"][1]]
+    assert "| quick-cpu as it was | 2.050 | -0.050 |" in rows[LEVERS["ema998"][1]]
+    assert "|  | 2.100 |  |" in rows[LEVERS["baseline"][1]]

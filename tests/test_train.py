@@ -80,7 +80,8 @@ def test_training_writes_a_complete_run_folder(data_dir: Path, tmp_path: Path) -
 
 
 @pytest.mark.parametrize("recipe", [{"optimizer": "adamw"}, {"optimizer": "muon"},
-                                    {"ema_decay": 0.8, "schedule": "wsd"}], ids=["adamw", "muon", "ema-wsd"])
+                                    {"ema_decay": 0.8, "schedule": "wsd"}, {"ema_power": 2.0}],
+                         ids=["adamw", "muon", "ema-wsd", "power-average"])
 def test_resume_and_bursts_reproduce_an_uninterrupted_run(data_dir: Path, tmp_path: Path, recipe: dict) -> None:
     whole = make_trainer(data_dir, tmp_path / "whole", max_steps=12, **recipe)
     assert whole.run() == "finished"
@@ -207,12 +208,12 @@ def test_wsd_schedule_holds_the_peak_then_decays_linearly_over_the_cooldown() ->
 def test_weight_averaging_evaluates_and_saves_the_average(data_dir: Path, tmp_path: Path) -> None:
     trainer = make_trainer(data_dir, tmp_path / "run", max_steps=6, ema_decay=0.5)
     assert trainer.run() == "finished"
-    average, live = trainer.ema.module.state_dict(), trainer.model.state_dict()
+    average, live = trainer.averaged.module.state_dict(), trainer.model.state_dict()
     assert any(not torch.equal(average[name], live[name]) for name in live)
     saved = ckpt.Run.open(tmp_path / "run").load().model.state_dict()
     for name, tensor in saved.items():
         assert torch.equal(tensor, average[name]), name
-    assert trainer.weights is trainer.ema.module
+    assert trainer.weights is trainer.averaged.module
 
 
 def test_muon_trains_the_block_matrices_and_adamw_the_rest(data_dir: Path, tmp_path: Path) -> None:

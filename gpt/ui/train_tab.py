@@ -48,7 +48,7 @@ GROUPS = {
                                            "x0_shortcuts", "zero_init_proj"],
     "Optimisation": ["optimizer", "learning_rate", "muon_learning_rate", "batch_size", "grad_accum_steps",
                      "schedule", "min_lr_ratio", "warmup_steps", "cooldown_fraction", "weight_decay", "beta1",
-                     "beta2", "grad_clip", "ema_decay"],
+                     "beta2", "grad_clip", "ema_decay", "ema_power"],
     "Stop when (0 = not this one; the first reached stops)": ["max_steps", "max_minutes", "epochs"],
     "Evaluation and samples": ["eval_interval", "eval_batches", "log_interval", "log_seconds", "sample_prompt",
                                "sample_tokens", "sample_temperature", "snapshots"],
