@@ -23,6 +23,9 @@ SCHEDULES = ("cosine", "wsd")
 SAVE_DTYPES = ("float32", "float16", "bfloat16")
 STOP_FIELDS = ("max_steps", "max_minutes", "epochs")
 AVERAGING_FIELDS = ("ema_decay", "ema_power")  # one rule at a time
+# Fields set as a group: giving any of them replaces all of a preset's (`_with_overrides`, and the one
+# command line that reproduces a run, `gpt.run.train_command`, gives the whole group when any differs).
+FIELD_GROUPS = (STOP_FIELDS, AVERAGING_FIELDS)
 
 
 @dataclass
@@ -207,7 +210,7 @@ def _with_overrides(base: dict, overrides: dict) -> dict:
     average given replaces the base's (`--ema-decay 0.99` on a preset with `ema_power`)."""
     given = {key: value for key, value in overrides.items() if value is not None}
     merged = dict(base)
-    for group in (STOP_FIELDS, AVERAGING_FIELDS):
+    for group in FIELD_GROUPS:
         if any(key in given for key in group):
             for key in group:
                 merged.pop(key, None)

@@ -555,16 +555,17 @@ class RunConfig:
 def train_command(run_dir: str | Path, config: RunConfig) -> str:
     """The one command line that trains this run again: `python -m gpt train --data D --preset P --out RUN`
     plus a flag for every field that differs from the preset (the model card's "Reproduce")."""
-    from gpt.config import STOP_FIELDS, get_preset
+    from gpt.config import FIELD_GROUPS, get_preset
 
     preset = get_preset(config.preset or "tiny")
     base = {**GPTConfig.from_dict(preset.model).to_dict(), **TrainConfig.from_dict(preset.train).to_dict()}
     values = {**config.model.to_dict(), **(config.train.to_dict() if config.train else {})}
     values.pop("vocab_size")
-    stops_changed = any(values.get(key) != base.get(key) for key in STOP_FIELDS)
+    # a group with any field changed is given whole, since giving one of its fields replaces the others
+    given_whole = {key for group in FIELD_GROUPS if any(values.get(k) != base.get(k) for k in group) for key in group}
     parts = ["python", "-m", "gpt", "train", "--data", config.data.dir, "--preset", preset.name, "--out", str(run_dir)]
     for name, value in values.items():
-        changed = value != base.get(name) or (name in STOP_FIELDS and stops_changed)
+        changed = value != base.get(name) or name in given_whole
         if not changed or value is None:
             continue
         flag = "--" + name.replace("_", "-")
