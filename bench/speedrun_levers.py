@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # its weight average, and the rows compared with "power3" were added to quick-cpu as it is now (QK-norm + the
 # power average, exponent 3).
 LEVERS: dict[str, tuple[list[str], str, str | None]] = {
-    "baseline": ([], "the preset as it is", None),
+    "baseline": ([], "the preset as it was then (no averaging, no QK-norm)", None),
     "relu2": (["--activation", "relu2"], "ReLU² instead of GELU in the MLP", "baseline"),
     "dropout01": (["--dropout", "0.1"], "dropout 0.1", "baseline"),
     "vocab4096": (["--vocab-limit", "4096"], "compact vocabulary cut to the 4,096 most frequent training tokens",
@@ -61,6 +61,23 @@ LEVERS: dict[str, tuple[list[str], str, str | None]] = {
     "ctx256": (["--context-length", "256", "--batch-size", "4"], "context 256, batch 4 (the same tokens per step)",
                "power3"),
     "batch16": (["--batch-size", "16"], "batch 16 (twice the tokens per step, about half the steps)", "power3"),
+    "dropout01-power3": (["--dropout", "0.1"], "dropout 0.1, on the recipe with the power average", "power3"),
+    "min-lr0": (["--min-lr-ratio", "0"], "the cosine decays to 0 instead of 10% of the peak", "power3"),
+    "heads3": (["--n-head", "3"], "3 heads of 64 instead of 4 of 48", "power3"),
+    "polar-express": (["--muon-orthogonaliser", "polar-express"], "Muon orthogonalises with Polar Express",
+                      "power3"),
+    "normuon": (["--muon-normalise"], "NorMuon: each neuron's Muon step evened out", "power3"),
+    "cautious-wd": (["--muon-cautious-weight-decay"], "cautious weight decay in Muon", "power3"),
+    "muon-variants": (["--muon-orthogonaliser", "polar-express", "--muon-normalise", "--muon-cautious-weight-decay"],
+                      "together: Polar Express, NorMuon, cautious weight decay", "power3"),
+    "adamw-lr8e-3": (["--learning-rate", "8e-3"], "AdamW (embeddings, norms) learning rate 8e-3 instead of 5e-3",
+                     "power3"),
+    "layers3": (["--n-layer", "3"], "3 layers instead of 4 (fewer parameters, more steps)", "power3"),
+    "muon-lr04": (["--muon-learning-rate", "0.04"], "Muon learning rate 0.04 instead of 0.02", "power3"),
+    "no-clip": (["--grad-clip", "0"], "no gradient clipping (instead of norm 1)", "power3"),
+    "warmup100": (["--warmup-steps", "100"], "warmup over 100 steps instead of 20", "power3"),
+    "power6": (["--ema-power", "6"], "power-function weight average, exponent 6 (the last ~1/8 of the run)",
+               "power3"),
 }
 # what each compared-with row's recipe was, for the table's "added to" column
 RECIPES = {"baseline": "quick-cpu as it was", "ema998": "+ EMA 0.998", "qk-norm-ema": "+ EMA 0.998 + QK-norm",

@@ -9,7 +9,7 @@ trains. `resolve_preset` is the one place a preset is applied; the resolved conf
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 from gpt.errors import UserInputError
 from gpt.fields import check_fields, from_dict, option
@@ -19,6 +19,8 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 WANDB_MODES = ("off", "offline", "online")
 VOCABS = ("full", "compact")
 OPTIMIZERS = ("adamw", "muon")
+MUON_ORTHOGONALISERS = ("newton-schulz", "polar-express")
+MUON_VARIANT_FIELDS = ("muon_orthogonaliser", "muon_normalise", "muon_cautious_weight_decay")
 SCHEDULES = ("cosine", "wsd")
 SAVE_DTYPES = ("float32", "float16", "bfloat16")
 STOP_FIELDS = ("max_steps", "max_minutes", "epochs")
@@ -101,6 +103,16 @@ class TrainConfig:
                             choices=OPTIMIZERS)
     muon_learning_rate: float = option(0.02, label="Muon learning rate", help="peak learning rate of Muon",
                                        minimum=0, exclusive_minimum=True)
+    muon_orthogonaliser: str = option("newton-schulz", label="Muon orthogonalisation",
+                                      help="how Muon orthogonalises its update: Keller Jordan's quintic Newton-Schulz "
+                                      "(5 steps, one polynomial), or Polar Express (Amsel et al. 2025: 5 steps, a "
+                                      "polynomial per step, closer to orthogonal)", choices=MUON_ORTHOGONALISERS)
+    muon_normalise: bool = option(False, label="NorMuon: even out each neuron's Muon step",
+                                  help="divide each neuron's orthogonalised update by its running RMS, then restore "
+                                  "the update's norm (NorMuon, Li et al. 2025)")
+    muon_cautious_weight_decay: bool = option(False, label="Cautious weight decay (Muon)",
+                                              help="Muon decays a weight only where its update points the same "
+                                              "way (Chen et al. 2025)")
     schedule: str = option("cosine", label="LR schedule", help="after warmup: cosine decay to min LR, or wsd "
                            "(warmup-stable-decay: the peak until the cooldown, then linear to min LR)",
                            choices=SCHEDULES)
@@ -125,6 +137,12 @@ class TrainConfig:
         if self.vocab_limit is not None and self.vocab != "compact":
             raise UserInputError(f"vocab_limit ({self.vocab_limit}) cuts a compact vocabulary: set vocab to "
                                  "compact, or leave vocab_limit unset", field="vocab_limit")
+        defaults = {f.name: f.default for f in fields(self)}
+        changed = [name for name in MUON_VARIANT_FIELDS if getattr(self, name) != defaults[name]]
+        if changed and self.optimizer != "muon":
+            raise UserInputError(f"{changed[0]} changes Muon, which this run does not use (optimizer "
+                                 f"{self.optimizer}): set optimizer to muon, or leave {changed[0]} as it is",
+                                 field=changed[0])
         if self.ema_decay > 0 and self.ema_power > 0:
             raise UserInputError(f"choose one weight average: ema_decay ({self.ema_decay:g}) or ema_power "
                                  f"({self.ema_power:g}); set the other to 0", field="ema_power")

@@ -9,46 +9,86 @@ trained by Muon (orthogonalised momentum) and everything else by AdamW. Every pa
 CPU without native bf16 that is ~15x slower than fp32 (2.1-2.3 s against 0.12-0.15 s for the 16 block
 matrices of `quick-cpu` on an AVX2 CPU). `Muon` below is `torch.optim.Muon` with the orthogonalisation in
 a dtype the runtime chooses (`gpt/runtime.py`): bf16 where it is fast, so it is then the library's own
-step, fp32 elsewhere.
+step, fp32 elsewhere. It also has the Muon variants of the small-model speedruns, each a `TrainConfig` field:
+Polar Express orthogonalisation, NorMuon's per-neuron normalisation and cautious weight decay.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
 from gpt.config import TrainConfig
 
+# Polar Express (Amsel, Persson, Musco & Gower 2025): one (a, b, c) per step, each the optimal odd quintic for
+# the singular values left by the step before, as modded-nanogpt uses them; the first steps grow small singular
+# values fast, the last ones settle them near 1. The input is scaled a little below Frobenius norm 1 so that
+# rounding cannot push a singular value past the range the polynomials were fitted on.
+POLAR_EXPRESS = (
+    (8.156554524902461, -22.48329292557795, 15.878769915207462),
+    (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+    (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+    (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+    (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
+)
+POLAR_EXPRESS_SAFETY = 1.02
+NORMUON_BETA2 = 0.95  # the decay of NorMuon's per-neuron second moment (the paper's and modded-nanogpt's)
 
-def orthogonalise(update: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float,
-                  dtype: torch.dtype) -> torch.Tensor:
-    """Newton-Schulz orthogonalisation of a (m, n) matrix in `dtype` (the same quintic iteration as
-    `torch.optim.Muon`, Keller Jordan's Muon), returned in that dtype."""
-    a, b, c = coefficients
+
+def orthogonalise(update: torch.Tensor, coefficients: Sequence[tuple[float, float, float]], eps: float,
+                  dtype: torch.dtype, safety: float = 1.0) -> torch.Tensor:
+    """The orthogonalised (m, n) matrix `update` in `dtype`: one odd quintic X <- aX + (bA + cA²)X, A = XXᵀ,
+    per (a, b, c) of `coefficients` (Keller Jordan's Newton-Schulz repeats one; Polar Express varies them),
+    after scaling X to Frobenius norm 1/safety (so its spectral norm is at most that)."""
     x = update.to(dtype)
     transposed = x.size(0) > x.size(1)
     if transposed:
         x = x.T
-    x = x / x.norm().clamp(min=eps)  # spectral norm <= Frobenius norm <= 1
-    for _ in range(steps):
+    x = x / (x.norm() * safety).clamp(min=eps)
+    for a, b, c in coefficients:
         gram = x @ x.T  # (m, m) with m <= n
         update_matrix = torch.addmm(gram, gram, gram, beta=b, alpha=c)
         x = torch.addmm(x, update_matrix, x, beta=a)
     return x.T if transposed else x
 
 
-class Muon(torch.optim.Muon):
-    """`torch.optim.Muon` whose Newton-Schulz runs in `ortho_dtype` (state dicts are the library's)."""
+def normalise_neurons(update: torch.Tensor, second_moment: torch.Tensor) -> torch.Tensor:
+    """NorMuon's step (Li et al. 2025): `update` (m, n) divided, per neuron, by the root of its running mean
+    square, then scaled back to its own Frobenius norm. A neuron is a row of a tall matrix and a column of a
+    wide one (the longer side's vectors); `second_moment` ((m, 1) or (1, n)) is updated in place."""
+    norm = update.norm()
+    along = 1 if update.size(0) >= update.size(1) else 0
+    second_moment.lerp_(update.square().mean(dim=along, keepdim=True), 1 - NORMUON_BETA2)
+    evened = update * second_moment.clamp(min=1e-10).rsqrt()
+    return evened * (norm / evened.norm().clamp(min=1e-10))
 
-    def __init__(self, params, *, ortho_dtype: torch.dtype = torch.bfloat16, **kwargs) -> None:
+
+class Muon(torch.optim.Muon):
+    """`torch.optim.Muon` whose orthogonalisation runs in `ortho_dtype`, with the variants of `TrainConfig`:
+    Polar Express instead of Newton-Schulz, NorMuon's per-neuron normalisation, cautious weight decay (a
+    weight decays only where the update moves it toward zero too: Chen et al. 2025). In bf16 without a
+    variant it is the library's own step; state dicts are the library's (plus NorMuon's "second_moment")."""
+
+    def __init__(self, params, *, ortho_dtype: torch.dtype = torch.bfloat16, orthogonaliser: str = "newton-schulz",
+                 normalise: bool = False, cautious_weight_decay: bool = False, **kwargs) -> None:
         super().__init__(params, **kwargs)
         self.ortho_dtype = ortho_dtype
+        self.orthogonaliser = orthogonaliser
+        self.normalise = normalise
+        self.cautious_weight_decay = cautious_weight_decay
+
+    def _coefficients(self, group: dict) -> tuple[Sequence[tuple[float, float, float]], float]:
+        if self.orthogonaliser == "polar-express":
+            return POLAR_EXPRESS, POLAR_EXPRESS_SAFETY
+        return (group["ns_coefficients"],) * group["ns_steps"], 1.0
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: ANN001, ANN201 - the Optimizer.step signature
-        if self.ortho_dtype == torch.bfloat16:
+        library_step = (self.ortho_dtype == torch.bfloat16 and self.orthogonaliser == "newton-schulz"
+                        and not self.normalise and not self.cautious_weight_decay)
+        if library_step:
             return super().step(closure)
         loss = None
         if closure is not None:
@@ -56,6 +96,7 @@ class Muon(torch.optim.Muon):
                 loss = closure()
         for group in self.param_groups:
             lr, weight_decay, momentum = group["lr"], group["weight_decay"], group["momentum"]
+            coefficients, safety = self._coefficients(group)
             for param in group["params"]:
                 if param.grad is None:
                     continue
@@ -65,12 +106,19 @@ class Muon(torch.optim.Muon):
                 buffer = state["momentum_buffer"]
                 buffer.lerp_(param.grad, 1 - momentum)
                 update = param.grad.lerp(buffer, momentum) if group["nesterov"] else buffer
-                update = orthogonalise(update, group["ns_coefficients"], group["ns_steps"], group["eps"],
-                                       self.ortho_dtype)
+                update = orthogonalise(update, coefficients, group["eps"], self.ortho_dtype, safety).to(param.dtype)
+                if self.normalise:
+                    if "second_moment" not in state:
+                        tall = param.size(0) >= param.size(1)
+                        state["second_moment"] = param.new_zeros((param.size(0), 1) if tall else (1, param.size(1)))
+                    update = normalise_neurons(update, state["second_moment"])
                 rows, cols = param.shape[:2]
                 adjusted_lr = lr * math.sqrt(max(1, rows / cols))  # the library's "original" adjustment
-                param.mul_(1 - lr * weight_decay)
-                param.add_(update.to(param.dtype), alpha=-adjusted_lr)
+                if self.cautious_weight_decay:
+                    param.sub_(param * (update * param >= 0), alpha=lr * weight_decay)
+                else:
+                    param.mul_(1 - lr * weight_decay)
+                param.add_(update, alpha=-adjusted_lr)
         return loss
 
 
@@ -93,7 +141,9 @@ def configure_optimizers(model: torch.nn.Module, config: TrainConfig, device: to
         matrices = [p for _, p in named if id(p) in in_muon]
         scale = config.muon_learning_rate / config.learning_rate
         optimizers.append(Muon([{"params": matrices, "lr_scale": scale}], lr=config.muon_learning_rate,
-                               weight_decay=config.weight_decay, ortho_dtype=ortho_dtype))
+                               weight_decay=config.weight_decay, ortho_dtype=ortho_dtype,
+                               orthogonaliser=config.muon_orthogonaliser, normalise=config.muon_normalise,
+                               cautious_weight_decay=config.muon_cautious_weight_decay))
     return optimizers
 
 

@@ -45,8 +45,9 @@ def tiny_fields(**overrides) -> dict:
                   save_dtype="float32", wandb="off", wandb_project="gpt-playground", vocab="full",
                   optimizer="adamw", muon_learning_rate=0.02, log_seconds=5.0, head_scores=True, qk_norm=False,
                   tie_embeddings=True, logit_softcap=None, value_embeddings=False, x0_shortcuts=False,
-                  zero_init_proj=False, schedule="cosine", cooldown_fraction=0.3, ema_decay=0.0, ema_power=0.0,
-                  vocab_limit=None)
+                  zero_init_proj=False, muon_orthogonaliser="newton-schulz", muon_normalise=False,
+                  muon_cautious_weight_decay=False, schedule="cosine", cooldown_fraction=0.3, ema_decay=0.0,
+                  ema_power=0.0, vocab_limit=None)
     values.update(overrides)
     assert set(values) == set(FIELD_NAMES)
     return values

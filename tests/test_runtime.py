@@ -118,9 +118,9 @@ def test_own_newton_schulz_in_bf16_is_the_library_one_and_fp32_is_close() -> Non
     for shape in ((48, 16), (16, 48)):
         update = torch.randn(*shape)
         theirs = _zeropower_via_newtonschulz(update, (3.4445, -4.775, 2.0315), 5, 1e-7)
-        ours = orthogonalise(update, (3.4445, -4.775, 2.0315), 5, 1e-7, torch.bfloat16)
+        ours = orthogonalise(update, ((3.4445, -4.775, 2.0315),) * 5, 1e-7, torch.bfloat16)
         assert torch.equal(ours, theirs)
-        fp32 = orthogonalise(update, (3.4445, -4.775, 2.0315), 5, 1e-7, torch.float32)
+        fp32 = orthogonalise(update, ((3.4445, -4.775, 2.0315),) * 5, 1e-7, torch.float32)
         assert fp32.dtype == torch.float32 and torch.allclose(fp32, theirs.float(), atol=0.05)
 
 

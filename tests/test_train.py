@@ -80,8 +80,10 @@ def test_training_writes_a_complete_run_folder(data_dir: Path, tmp_path: Path) -
 
 
 @pytest.mark.parametrize("recipe", [{"optimizer": "adamw"}, {"optimizer": "muon"},
-                                    {"ema_decay": 0.8, "schedule": "wsd"}, {"ema_power": 2.0}],
-                         ids=["adamw", "muon", "ema-wsd", "power-average"])
+                                    {"ema_decay": 0.8, "schedule": "wsd"}, {"ema_power": 2.0},
+                                    {"optimizer": "muon", "muon_orthogonaliser": "polar-express",
+                                     "muon_normalise": True, "muon_cautious_weight_decay": True}],
+                         ids=["adamw", "muon", "ema-wsd", "power-average", "muon-variants"])
 def test_resume_and_bursts_reproduce_an_uninterrupted_run(data_dir: Path, tmp_path: Path, recipe: dict) -> None:
     whole = make_trainer(data_dir, tmp_path / "whole", max_steps=12, **recipe)
     assert whole.run() == "finished"

@@ -150,6 +150,13 @@ def eval_window_count(num_tokens: int, context_length: int) -> int:
     return math.ceil(max(0, num_tokens - 1) / context_length)
 
 
+def _pad_id(pad_id: int | None, id_map: np.ndarray | None) -> int:
+    """The model id that pads a short last window: `pad_id` when given, else <|endoftext|> as a model id."""
+    if pad_id is not None:
+        return pad_id
+    return int(id_map[GPT2_EOT_ID]) if id_map is not None else GPT2_EOT_ID
+
+
 def iter_eval_batches(tokens: np.ndarray, context_length: int, batch_size: int, *,
                       device: str | torch.device = "cpu", id_map: np.ndarray | None = None,
                       max_windows: int | None = None, pad_id: int | None = None
@@ -169,7 +176,7 @@ def iter_eval_batches(tokens: np.ndarray, context_length: int, batch_size: int, 
     windows = eval_window_count(len(tokens), context_length)
     if max_windows is not None:
         windows = min(windows, max_windows)
-    pad = pad_id if pad_id is not None else int(id_map[GPT2_EOT_ID]) if id_map is not None else GPT2_EOT_ID
+    pad = _pad_id(pad_id, id_map)
     for first in range(0, windows, batch_size):
         rows = range(first, min(first + batch_size, windows))
         x = np.full((len(rows), context_length), pad, dtype=np.int64)  # (B, T)
