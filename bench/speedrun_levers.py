@@ -78,6 +78,8 @@ LEVERS: dict[str, tuple[list[str], str, str | None]] = {
     "warmup100": (["--warmup-steps", "100"], "warmup over 100 steps instead of 20", "power3"),
     "power6": (["--ema-power", "6"], "power-function weight average, exponent 6 (the last ~1/8 of the run)",
                "power3"),
+    "batch4": (["--batch-size", "4"], "batch 4 (half the tokens per step, more steps)", "power3"),
+    "batch6": (["--batch-size", "6"], "batch 6 (three quarters of the tokens per step)", "power3"),
 }
 # what each compared-with row's recipe was, for the table's "added to" column
 RECIPES = {"baseline": "quick-cpu as it was", "ema998": "+ EMA 0.998", "qk-norm-ema": "+ EMA 0.998 + QK-norm",
