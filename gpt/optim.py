@@ -54,13 +54,18 @@ def orthogonalise(update: torch.Tensor, coefficients: Sequence[tuple[float, floa
     return x.T if transposed else x
 
 
+def neuron_axis(matrix: torch.Tensor) -> int:
+    """The axis a neuron's entries of an (m, n) matrix lie along, for NorMuon: the longer side's vectors, i.e.
+    a row (axis 1) of a tall or square matrix and a column (axis 0) of a wide one."""
+    return 1 if matrix.size(0) >= matrix.size(1) else 0
+
+
 def normalise_neurons(update: torch.Tensor, second_moment: torch.Tensor) -> torch.Tensor:
-    """NorMuon's step (Li et al. 2025): `update` (m, n) divided, per neuron, by the root of its running mean
-    square, then scaled back to its own Frobenius norm. A neuron is a row of a tall matrix and a column of a
-    wide one (the longer side's vectors); `second_moment` ((m, 1) or (1, n)) is updated in place."""
+    """NorMuon's step (Li et al. 2025): `update` (m, n) divided, per neuron (`neuron_axis`), by the root of its
+    running mean square, then scaled back to its own Frobenius norm; `second_moment` ((m, 1) or (1, n)) is
+    updated in place."""
     norm = update.norm()
-    along = 1 if update.size(0) >= update.size(1) else 0
-    second_moment.lerp_(update.square().mean(dim=along, keepdim=True), 1 - NORMUON_BETA2)
+    second_moment.lerp_(update.square().mean(dim=neuron_axis(update), keepdim=True), 1 - NORMUON_BETA2)
     evened = update * second_moment.clamp(min=1e-10).rsqrt()
     return evened * (norm / evened.norm().clamp(min=1e-10))
 
@@ -109,8 +114,9 @@ class Muon(torch.optim.Muon):
                 update = orthogonalise(update, coefficients, group["eps"], self.ortho_dtype, safety).to(param.dtype)
                 if self.normalise:
                     if "second_moment" not in state:
-                        tall = param.size(0) >= param.size(1)
-                        state["second_moment"] = param.new_zeros((param.size(0), 1) if tall else (1, param.size(1)))
+                        shape = list(param.shape)
+                        shape[neuron_axis(param)] = 1  # one entry per neuron
+                        state["second_moment"] = param.new_zeros(shape)
                     update = normalise_neurons(update, state["second_moment"])
                 rows, cols = param.shape[:2]
                 adjusted_lr = lr * math.sqrt(max(1, rows / cols))  # the library's "original" adjustment
