@@ -121,7 +121,7 @@ def main() -> None:
     # The preset's shape only, in GPT-2's architecture (a preset's levers, e.g. QK-norm, have no HF twin).
     shape = {key: value for key, value in PRESETS[args.preset].model.items() if key in SHAPE_FIELDS}
     config = GPTConfig(**shape, context_length=args.context, vocab_size=tokenizer.vocab_size)
-    choice = resolve_precision(args.precision, torch.device("cpu"))
+    choice = resolve_precision(args.precision, torch.device("cpu"), model_config=config)
     ours_dtype = None if choice.precision == "fp32" else low_precision_dtype(choice.precision)
 
     names = [OURS, HF] + ([OURS_FULL_LOGITS] if args.with_full_logits else [])

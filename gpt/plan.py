@@ -148,7 +148,7 @@ def make_plan(model: GPTConfig, train: TrainConfig, data_dir: str | Path | None 
         vocab_note = ("compact vocabulary: its size (and so the parameter count) is known once the data is prepared"
                       if train.vocab == "compact" else "vocabulary: GPT-2's 50,257 tokens")
     device = resolve_device(train.device)
-    choice = resolve_precision(train.precision, device)
+    choice = resolve_precision(train.precision, device, model_config=model, measure=False)
     split = split_batch(train.batch_size, train.grad_accum_steps, world_size)
     tokens_per_step = split.global_windows(world_size) * model.context_length
     return RunPlan(model=model, train=train, parameters=model.num_parameters(), vocab_note=vocab_note,

@@ -9,10 +9,11 @@ at hand, and says why, and the trainer writes the decision into the run's `confi
 Why it matters: CPUs of the same kind of machine differ. With AVX-512 BF16 (or AMX, or an ARM CPU with
 BF16) bf16 matmuls can be as fast as fp32 or faster; with AVX2 only they run ~30-40x slower (measured:
 50 GFLOP/s fp32 against 1.6 bf16). On a CPU `auto` picks bf16 only where the CPU has native bf16 *and* a
-short calibration (a few small training steps in each, cached per machine in `cache_dir()`) measured it
-faster;
-everything else the recipe runs in low precision follows the same decision (Muon's orthogonalisation,
-`gpt/optim.py`). `ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2` makes an
+short calibration (a few training steps of the run's own model shape in each, cached per machine and shape
+in `cache_dir()`) measured it faster: the ratio depends on the shape (on an AMX CPU a 2 x 256 model at
+vocabulary 4,096 measured 0.96x, `seed` at GPT-2's 50,257 tokens 1.9x). Everything else the recipe
+runs in low precision follows the same decision (Muon's orthogonalisation, `gpt/optim.py`).
+`ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2` makes an
 AVX-512 machine behave like an AVX2 one: `torch.backends.cpu.get_cpu_capability()` then says AVX2 and the
 decision follows.
 """
@@ -28,10 +29,14 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from gpt.errors import UserInputError
+
+if TYPE_CHECKING:
+    from gpt.model import GPTConfig
 
 # Dense bf16/fp16 tensor-core peaks (FLOP/s) by GPU name, for MFU.
 PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10G": 125e12,
@@ -132,18 +137,25 @@ def matmul_bf16_speedup(size: tuple[int, int, int] = (512, 384, 384)) -> float:
     return times[torch.float32] / max(times[torch.bfloat16], 1e-9)
 
 
-def _time_training_steps(bf16: bool, repeat: int = 5) -> float:
-    """Median seconds of one forward + backward of a small GPT (2 x 256 wide, batch 8 x 128) on the CPU,
-    under bf16 autocast or in fp32: the mix of matmuls, attention and norms a CPU recipe runs."""
+# The model the calibration trains when no run's shape is given (2 x 256 wide, vocabulary 4,096).
+CALIBRATION_MODEL = {"vocab_size": 4096, "context_length": 128, "n_layer": 2, "n_head": 4, "n_embd": 256}
+# The calibration's batch: 8 windows of at most this many tokens (a step of GPT-2 small stays ~seconds).
+CALIBRATION_MAX_CONTEXT = 256
+
+
+def _time_training_steps(bf16: bool, model_config: GPTConfig, repeat: int = 5) -> float:
+    """Median seconds of one forward + backward of `model_config`'s model (dropout off, batch 8 x at most
+    `CALIBRATION_MAX_CONTEXT` tokens) on the CPU, under bf16 autocast or in fp32."""
     from gpt.model import GPT, GPTConfig
 
     generator = torch.Generator().manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=4096, context_length=128, n_layer=2, n_head=4, n_embd=256))
-    x = torch.randint(0, 4096, (8, 128), generator=generator)
+    model = GPT(GPTConfig.from_dict({**model_config.to_dict(), "dropout": 0.0}))
+    context = min(model_config.context_length, CALIBRATION_MAX_CONTEXT)
+    x = torch.randint(0, model_config.vocab_size, (8, context), generator=generator)
 
     def step() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            _, loss = model(x, x)
+            _, loss = model(x, x, return_logits=False)
         loss.backward()
 
     step()  # warm up (allocations, oneDNN primitive cache)
@@ -155,21 +167,34 @@ def _time_training_steps(bf16: bool, repeat: int = 5) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def cpu_bf16_speedup(use_cache: bool = True) -> float:
-    """fp32 time / bf16 time of a small training step on this CPU (>1: bf16 is faster), measured once per
-    machine (about a second) and cached."""
+def _calibration_key(model_config: GPTConfig | None) -> str:
+    """The cache entry: this machine, and the shape measured (none: the small default model)."""
+    if model_config is None:
+        return _machine_key()
+    shape = json.dumps({**model_config.to_dict(), "dropout": 0.0}, sort_keys=True)
+    return f"{_machine_key()}-{hashlib.sha256(shape.encode()).hexdigest()[:12]}"
+
+
+def cpu_bf16_speedup(use_cache: bool = True, model_config: GPTConfig | None = None) -> float:
+    """fp32 time / bf16 time of a training step on this CPU (>1: bf16 is faster), of the run's own model
+    when `model_config` is given (the ratio depends on the shape: on an AMX CPU 0.96x for 2 x 256 wide at
+    vocabulary 4,096, 1.9x for 6 x 384 at GPT-2's 50,257), measured once per machine and shape and cached."""
     path = cache_dir() / "cpu-bf16.json"
-    key = _machine_key()
-    try:  # one entry per machine key, so processes with other thread counts never evict each other's
+    key = _calibration_key(model_config)
+    try:  # one entry per key, so processes with other thread counts or shapes never evict each other's
         cached = json.loads(path.read_text())
         entries = cached if isinstance(cached, dict) else {}
     except (OSError, ValueError):
         entries = {}
     if use_cache and isinstance(entries.get(key), dict) and "speedup" in entries[key]:
         return float(entries[key]["speedup"])
-    fp32 = _time_training_steps(bf16=False)
+    if model_config is None:
+        from gpt.model import GPTConfig
+
+        model_config = GPTConfig(**CALIBRATION_MODEL)
+    fp32 = _time_training_steps(False, model_config)
     # where bf16 is emulated one step can take seconds: three tell enough
-    bf16 = _time_training_steps(bf16=True, repeat=3)
+    bf16 = _time_training_steps(True, model_config, repeat=3)
     speedup = fp32 / bf16 if bf16 > 0 else 0.0
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -180,15 +205,31 @@ def cpu_bf16_speedup(use_cache: bool = True) -> float:
     return speedup
 
 
-def cpu_bf16_decision(use_cache: bool = True) -> tuple[bool, str]:
-    """(bf16 is fast on this CPU, why): native bf16 and a calibration that measured it faster than fp32."""
+def cached_bf16_speedup(model_config: GPTConfig | None = None) -> float | None:
+    """The calibration's result for this machine (and shape) when it was measured before, else None."""
+    try:
+        entry = json.loads((cache_dir() / "cpu-bf16.json").read_text()).get(_calibration_key(model_config))
+        return float(entry["speedup"])
+    except (OSError, ValueError, AttributeError, TypeError, KeyError):
+        return None
+
+
+def cpu_bf16_decision(use_cache: bool = True, model_config: GPTConfig | None = None,
+                      measure: bool = True) -> tuple[bool, str]:
+    """(bf16 is fast on this CPU, why): native bf16 and a calibration (of `model_config`'s model, when
+    given) that measured it faster than fp32. `measure=False` (a plan shown while a person edits fields)
+    never runs this model's calibration: without a cached one it reads the small default model's."""
     native, evidence = cpu_has_native_bf16()
     if not native:
         return False, evidence
-    speedup = cpu_bf16_speedup(use_cache)
+    later = ""
+    if model_config is not None and not measure and cached_bf16_speedup(model_config) is None:
+        model_config, later = None, " (this model's own calibration runs when training starts)"
+    speedup = cpu_bf16_speedup(use_cache, model_config)
+    step = "a bf16 training step" + (" of this model" if model_config is not None else "")
     if speedup < BF16_MIN_SPEEDUP:
-        return False, f"{evidence}, but a bf16 training step measured {speedup:.2f}x the speed of fp32 here"
-    return True, f"{evidence}; a bf16 training step measured {speedup:.2f}x faster than fp32"
+        return False, f"{evidence}, but {step} measured {speedup:.2f}x the speed of fp32 here{later}"
+    return True, f"{evidence}; {step} measured {speedup:.2f}x faster than fp32{later}"
 
 
 # -- precision ------------------------------------------------------------------------------------
@@ -199,9 +240,11 @@ class PrecisionChoice:
     warning: str | None = None
 
 
-def resolve_precision(requested: str, device: torch.device, use_cache: bool = True) -> PrecisionChoice:
+def resolve_precision(requested: str, device: torch.device, use_cache: bool = True,
+                      model_config: GPTConfig | None = None, measure: bool = True) -> PrecisionChoice:
     """`auto`: bf16 on GPUs that support it, else fp16 (with a gradient scaler); on a CPU bf16 only where
-    `cpu_bf16_decision` says it is fast, else fp32. An explicit choice is honoured when it can run, with a
+    `cpu_bf16_decision` says it is fast for `model_config`'s model (a small default one when None), else
+    fp32. An explicit choice is honoured when it can run, with a
     warning where it is slow; fp16 needs CUDA and bf16 on CUDA needs a GPU that supports it."""
     if device.type == "cuda":
         bf16_ok = torch.cuda.is_bf16_supported()
@@ -221,12 +264,13 @@ def resolve_precision(requested: str, device: torch.device, use_cache: bool = Tr
                                f"{'fp32' if requested == 'auto' else requested}: {device.type} default")
     if requested == "fp32":  # nothing to decide: no calibration run (seconds on a loaded machine)
         return PrecisionChoice("fp32", "fp32: asked for")
-    fast, why = cpu_bf16_decision(use_cache)
+    fast, why = cpu_bf16_decision(use_cache, model_config, measure)
     if requested == "auto":
         return PrecisionChoice("bf16" if fast else "fp32", f"{'bf16' if fast else 'fp32'}: {why}")
     if requested == "bf16" and not fast:
         native, _ = cpu_has_native_bf16()
-        speedup = cpu_bf16_speedup(use_cache) if native else matmul_bf16_speedup()
+        measured = model_config if measure or cached_bf16_speedup(model_config) is not None else None
+        speedup = cpu_bf16_speedup(use_cache, measured) if native else matmul_bf16_speedup()
         slower = f"{1 / speedup:.0f}x slower" if 0 < speedup < 0.5 else "no faster"
         return PrecisionChoice("bf16", f"bf16: asked for ({why})",
                                warning=f"bf16 on this CPU is {slower} than fp32 (measured here); "
@@ -362,11 +406,12 @@ class Runtime:
 
 
 def resolve_runtime(device_name: str, precision: str, *, compile_model: bool = False, on_zerogpu: bool = False,
-                    world_size: int = 1, use_cache: bool = True) -> tuple[torch.device, Runtime]:
-    """Decide device and precision (and check compile) for this machine; raises `UserInputError` for
-    combinations that cannot run."""
+                    world_size: int = 1, use_cache: bool = True, model_config: GPTConfig | None = None
+                    ) -> tuple[torch.device, Runtime]:
+    """Decide device and precision (for `model_config`'s model; see `resolve_precision`) and check compile
+    for this machine; raises `UserInputError` for combinations that cannot run."""
     device = resolve_device(device_name)
-    choice = resolve_precision(precision, device, use_cache)
+    choice = resolve_precision(precision, device, use_cache, model_config)
     if compile_model:
         check_compile(device, on_zerogpu)
     runtime = Runtime(device=str(device), precision=choice.precision, precision_reason=choice.reason,

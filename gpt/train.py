@@ -145,7 +145,7 @@ class Trainer:
         self._check_data_fits()
         self.device, self.runtime = resolve_runtime(train_config.device, train_config.precision,
                                                     compile_model=train_config.compile, on_zerogpu=on_zerogpu,
-                                                    world_size=self.dist.world_size)
+                                                    world_size=self.dist.world_size, model_config=model_config)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
             torch.cuda.set_device(self.device)

@@ -160,6 +160,37 @@ def test_explicit_attention_path_matches_sdpa(options: dict) -> None:
         assert torch.all(probs[..., ~future] > 0)
 
 
+def test_cpu_autocast_runs_attention_in_fp32(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PyTorch's CPU attention is slower in bf16 than fp32: under CPU autocast q, k, v reach the kernel in
+    fp32 and the result goes on in bf16; without autocast nothing is cast. The loss stays close."""
+    import gpt.model as model_module
+
+    seen: list[torch.dtype] = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def recording_sdpa(q: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        seen.append(q.dtype)
+        out = sdpa(q, *args, **kwargs)
+        seen.append(out.dtype)
+        return out
+    monkeypatch.setattr(model_module.F, "scaled_dot_product_attention", recording_sdpa)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=64, context_length=16, n_layer=2, n_head=2, n_embd=32, qk_norm=True))
+    x = torch.randint(0, 64, (2, 16))
+    _, fp32_loss = model(x, x)
+    assert seen == [torch.float32] * 4
+    seen.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, bf16_loss = model(x, x)
+    assert seen == [torch.float32] * 4
+    bf16_loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
+    assert abs(bf16_loss.item() - fp32_loss.item()) < 0.05
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        attended, _ = model.blocks[0].attn(torch.randn(2, 16, 32))
+    assert attended.dtype == torch.bfloat16  # the projection after attention ran in bf16
+
+
 def test_attention_does_not_look_at_the_future() -> None:
     model = perturbed(GPT(small_config()))
     idx = torch.randint(0, 61, (1, 16))

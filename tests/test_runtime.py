@@ -41,7 +41,7 @@ def _fake_cpu(monkeypatch: pytest.MonkeyPatch, native: bool, speedup: float) -> 
     monkeypatch.setattr(runtime, "cpu_has_native_bf16",
                         lambda: (native, "this CPU has avx512_bf16 (AVX512)" if native
                                  else "this CPU has no native bf16 (AVX2)"))
-    monkeypatch.setattr(runtime, "cpu_bf16_speedup", lambda use_cache=True: speedup)
+    monkeypatch.setattr(runtime, "cpu_bf16_speedup", lambda use_cache=True, model_config=None: speedup)
     monkeypatch.setattr(runtime, "matmul_bf16_speedup", lambda: speedup)
 
 
@@ -75,6 +75,43 @@ def test_the_calibration_is_measured_once_per_machine(tmp_path: Path) -> None:
     assert cache.is_file() and first > 0
     cache.write_text(cache.read_text().replace(str(first), "123.0", 1))
     assert runtime.cpu_bf16_speedup() == 123.0  # read back, not measured again
+
+
+def test_the_calibration_is_measured_per_model_shape(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bf16/fp32 ratio depends on the model (on an AMX CPU 0.96x for a 2 x 256 model, 1.9x for `seed`):
+    each shape gets its own measured, cached entry, and a plan (`measure=False`) never runs one."""
+    from gpt.model import GPTConfig
+
+    measured: list[int] = []
+
+    def fake_steps(bf16: bool, model_config: GPTConfig, repeat: int = 5) -> float:
+        measured.append(model_config.n_embd)
+        return 1.0 if not bf16 else model_config.n_embd / 256  # 64 wide: 4x faster in bf16; 256: the same
+    monkeypatch.setattr(runtime, "_time_training_steps", fake_steps)
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: (True, "this CPU has amx_bf16 (AVX512)"))
+    small = GPTConfig(vocab_size=512, context_length=32, n_layer=1, n_head=2, n_embd=64)
+    default = GPTConfig(**runtime.CALIBRATION_MODEL)
+
+    shown = runtime.resolve_precision("auto", torch.device("cpu"), model_config=small, measure=False)
+    assert measured == [256, 256] and shown.precision == "fp32"
+    assert "this model's own calibration runs when training starts" in shown.reason
+    chosen = runtime.resolve_precision("auto", torch.device("cpu"), model_config=small)
+    assert measured == [256, 256, 64, 64] and chosen.precision == "bf16"
+    assert "a bf16 training step of this model measured 4.00x faster" in chosen.reason
+    assert runtime.cached_bf16_speedup(small) == 4.0 and runtime.cached_bf16_speedup(default) is None
+    assert runtime.cached_bf16_speedup() == 1.0  # the default model's entry, kept beside it
+    again = runtime.resolve_precision("auto", torch.device("cpu"), model_config=small, measure=False)
+    assert measured == [256, 256, 64, 64] and again.reason == chosen.reason  # read back, nothing measured
+    wider = GPTConfig.from_dict({**small.to_dict(), "n_embd": 128})
+    assert runtime.cpu_bf16_speedup(model_config=wider) == 2.0 and measured[-1] == 128
+
+
+def test_a_real_calibration_of_a_model_shape_is_cached() -> None:
+    from gpt.model import GPTConfig
+
+    small = GPTConfig(vocab_size=300, context_length=16, n_layer=1, n_head=2, n_embd=32, qk_norm=True)
+    first = runtime.cpu_bf16_speedup(model_config=small)
+    assert first > 0 and runtime.cached_bf16_speedup(small) == first
 
 
 def test_the_simulated_avx2_cpu_resolves_to_fp32_in_a_fresh_process(tmp_path: Path) -> None:
