@@ -149,7 +149,7 @@ def _time_training_steps(bf16: bool, model_config: GPTConfig, repeat: int = 5) -
     from gpt.model import GPT, GPTConfig
 
     generator = torch.Generator().manual_seed(0)
-    model = GPT(GPTConfig.from_dict({**model_config.to_dict(), "dropout": 0.0}))
+    model = GPT(GPTConfig.from_dict(_timed_shape(model_config)))
     context = min(model_config.context_length, CALIBRATION_MAX_CONTEXT)
     x = torch.randint(0, model_config.vocab_size, (8, context), generator=generator)
 
@@ -167,51 +167,65 @@ def _time_training_steps(bf16: bool, model_config: GPTConfig, repeat: int = 5) -
     return sorted(times)[len(times) // 2]
 
 
+def _timed_shape(model_config: GPTConfig) -> dict:
+    """What the calibration trains and what its cache entry is keyed on: the config with dropout off."""
+    return {**model_config.to_dict(), "dropout": 0.0}
+
+
 def _calibration_key(model_config: GPTConfig | None) -> str:
     """The cache entry: this machine, and the shape measured (none: the small default model)."""
     if model_config is None:
         return _machine_key()
-    shape = json.dumps({**model_config.to_dict(), "dropout": 0.0}, sort_keys=True)
+    shape = json.dumps(_timed_shape(model_config), sort_keys=True)
     return f"{_machine_key()}-{hashlib.sha256(shape.encode()).hexdigest()[:12]}"
+
+
+def _calibration_entries() -> dict:
+    """The cached calibrations (key -> {"speedup", "fp32_s", "bf16_s"}); empty when unreadable."""
+    try:
+        cached = json.loads((cache_dir() / "cpu-bf16.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return cached if isinstance(cached, dict) else {}
+
+
+def cached_bf16_speedup(model_config: GPTConfig | None = None) -> float | None:
+    """The calibration's result for this machine (and shape) when it was measured before, else None."""
+    entry = _calibration_entries().get(_calibration_key(model_config))
+    return float(entry["speedup"]) if isinstance(entry, dict) and "speedup" in entry else None
 
 
 def cpu_bf16_speedup(use_cache: bool = True, model_config: GPTConfig | None = None) -> float:
     """fp32 time / bf16 time of a training step on this CPU (>1: bf16 is faster), of the run's own model
     when `model_config` is given (the ratio depends on the shape: on an AMX CPU 0.96x for 2 x 256 wide at
     vocabulary 4,096, 1.9x for 6 x 384 at GPT-2's 50,257), measured once per machine and shape and cached."""
-    path = cache_dir() / "cpu-bf16.json"
-    key = _calibration_key(model_config)
-    try:  # one entry per key, so processes with other thread counts or shapes never evict each other's
-        cached = json.loads(path.read_text())
-        entries = cached if isinstance(cached, dict) else {}
-    except (OSError, ValueError):
-        entries = {}
-    if use_cache and isinstance(entries.get(key), dict) and "speedup" in entries[key]:
-        return float(entries[key]["speedup"])
-    if model_config is None:
-        from gpt.model import GPTConfig
+    cached = cached_bf16_speedup(model_config)
+    if use_cache and cached is not None:
+        return cached
+    from gpt.model import GPTConfig
 
-        model_config = GPTConfig(**CALIBRATION_MODEL)
-    fp32 = _time_training_steps(False, model_config)
+    timed = model_config or GPTConfig(**CALIBRATION_MODEL)
+    fp32 = _time_training_steps(False, timed)
     # where bf16 is emulated one step can take seconds: three tell enough
-    bf16 = _time_training_steps(True, model_config, repeat=3)
+    bf16 = _time_training_steps(True, timed, repeat=3)
     speedup = fp32 / bf16 if bf16 > 0 else 0.0
+    # one entry per key, so processes with other thread counts or shapes never evict each other's
+    entries, path = _calibration_entries(), cache_dir() / "cpu-bf16.json"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        entries[key] = {"speedup": speedup, "fp32_s": fp32, "bf16_s": bf16}
+        entries[_calibration_key(model_config)] = {"speedup": speedup, "fp32_s": fp32, "bf16_s": bf16}
         path.write_text(json.dumps(entries))
     except OSError:
         pass  # a read-only home: measure again next time
     return speedup
 
 
-def cached_bf16_speedup(model_config: GPTConfig | None = None) -> float | None:
-    """The calibration's result for this machine (and shape) when it was measured before, else None."""
-    try:
-        entry = json.loads((cache_dir() / "cpu-bf16.json").read_text()).get(_calibration_key(model_config))
-        return float(entry["speedup"])
-    except (OSError, ValueError, AttributeError, TypeError, KeyError):
+def _calibrated_model(model_config: GPTConfig | None, measure: bool) -> GPTConfig | None:
+    """The model whose calibration a decision reads: `model_config`, except that without `measure` (a plan
+    shown while a person edits fields) a shape never measured falls back to the default model (None)."""
+    if model_config is not None and not measure and cached_bf16_speedup(model_config) is None:
         return None
+    return model_config
 
 
 def cpu_bf16_decision(use_cache: bool = True, model_config: GPTConfig | None = None,
@@ -222,11 +236,10 @@ def cpu_bf16_decision(use_cache: bool = True, model_config: GPTConfig | None = N
     native, evidence = cpu_has_native_bf16()
     if not native:
         return False, evidence
-    later = ""
-    if model_config is not None and not measure and cached_bf16_speedup(model_config) is None:
-        model_config, later = None, " (this model's own calibration runs when training starts)"
-    speedup = cpu_bf16_speedup(use_cache, model_config)
-    step = "a bf16 training step" + (" of this model" if model_config is not None else "")
+    calibrated = _calibrated_model(model_config, measure)
+    later = " (this model's own calibration runs when training starts)" if calibrated is not model_config else ""
+    speedup = cpu_bf16_speedup(use_cache, calibrated)
+    step = "a bf16 training step" + (" of this model" if calibrated is not None else "")
     if speedup < BF16_MIN_SPEEDUP:
         return False, f"{evidence}, but {step} measured {speedup:.2f}x the speed of fp32 here{later}"
     return True, f"{evidence}; {step} measured {speedup:.2f}x faster than fp32{later}"
@@ -269,8 +282,8 @@ def resolve_precision(requested: str, device: torch.device, use_cache: bool = Tr
         return PrecisionChoice("bf16" if fast else "fp32", f"{'bf16' if fast else 'fp32'}: {why}")
     if requested == "bf16" and not fast:
         native, _ = cpu_has_native_bf16()
-        measured = model_config if measure or cached_bf16_speedup(model_config) is not None else None
-        speedup = cpu_bf16_speedup(use_cache, measured) if native else matmul_bf16_speedup()
+        calibrated = _calibrated_model(model_config, measure)
+        speedup = cpu_bf16_speedup(use_cache, calibrated) if native else matmul_bf16_speedup()
         slower = f"{1 / speedup:.0f}x slower" if 0 < speedup < 0.5 else "no faster"
         return PrecisionChoice("bf16", f"bf16: asked for ({why})",
                                warning=f"bf16 on this CPU is {slower} than fp32 (measured here); "
