@@ -142,7 +142,7 @@ def export_hf(model: GPT, out_dir: str | Path, tokenizer: Tokenizer | None = Non
         "activation_function": _HF_ACTIVATION[config.activation],
         "resid_pdrop": config.dropout,
         "embd_pdrop": config.dropout,
-        "attn_pdrop": config.dropout,
+        "attn_pdrop": config.dropout if config.attention_dropout else 0.0,
         "layer_norm_epsilon": NORM_EPS,
         "initializer_range": 0.02,
         "scale_attn_weights": True,
@@ -207,6 +207,8 @@ def config_from_hf(data: dict) -> GPTConfig:
         n_embd=n_embd,
         ffn_hidden=None if n_inner in (None, 4 * n_embd) else n_inner,
         dropout=float(data.get("resid_pdrop", 0.0)),
+        attention_dropout=float(data.get("attn_pdrop", data.get("resid_pdrop", 0.0))) > 0
+        or float(data.get("resid_pdrop", 0.0)) == 0,
         bias=True,
         activation=_FROM_HF_ACTIVATION[activation],
         position="learned",

@@ -143,33 +143,51 @@ CALIBRATION_MODEL = {"vocab_size": 4096, "context_length": 128, "n_layer": 2, "n
 CALIBRATION_MAX_CONTEXT = 256
 
 
-def _time_training_steps(bf16: bool, model_config: GPTConfig, repeat: int = 5) -> float:
-    """Median seconds of one forward + backward of `model_config`'s model (dropout off, batch 8 x at most
-    `CALIBRATION_MAX_CONTEXT` tokens) on the CPU, under bf16 autocast or in fp32."""
-    from gpt.model import GPT, GPTConfig
+def time_training_step(model_config: GPTConfig, batch_size: int, device: torch.device,
+                       autocast_dtype: torch.dtype | None = None, context: int | None = None, repeat: int = 5) -> float:
+    """Median seconds of one forward + backward of a fresh `model_config` model in training mode (dropout as
+    configured) on `device`, at `batch_size` windows of `context` tokens (default: the full context), under
+    autocast to `autocast_dtype` when given. Weights, data and dropout draws are seeded, so the caller's random
+    state is left as it was."""
+    from gpt.model import GPT
 
-    generator = torch.Generator().manual_seed(0)
-    model = GPT(GPTConfig.from_dict(_timed_shape(model_config)))
-    context = min(model_config.context_length, CALIBRATION_MAX_CONTEXT)
-    x = torch.randint(0, model_config.vocab_size, (8, context), generator=generator)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(0)
+        model = GPT(model_config).to(device).train()
+        context = min(context or model_config.context_length, model_config.context_length)
+        x = torch.randint(0, model_config.vocab_size, (batch_size, context), device=device)
 
-    def step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            _, loss = model(x, x, return_logits=False)
-        loss.backward()
+        def step() -> None:
+            with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
+                                enabled=autocast_dtype is not None):
+                _, loss = model(x, x, return_logits=False)
+            loss.backward()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
 
-    step()  # warm up (allocations, oneDNN primitive cache)
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
+        for _ in range(2):  # warm up (allocations, oneDNN primitive cache, CUDA kernels): the first is slowest
+            step()
+        times = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2]
 
 
+def _time_training_steps(bf16: bool, model_config: GPTConfig, repeat: int = 5) -> float:
+    """The calibration's step: `model_config`'s model with dropout off, batch 8 x at most
+    `CALIBRATION_MAX_CONTEXT` tokens, on the CPU, under bf16 autocast or in fp32."""
+    from gpt.model import GPTConfig
+
+    return time_training_step(GPTConfig.from_dict(_timed_shape(model_config)), 8, torch.device("cpu"),
+                              torch.bfloat16 if bf16 else None, context=CALIBRATION_MAX_CONTEXT, repeat=repeat)
+
+
 def _timed_shape(model_config: GPTConfig) -> dict:
-    """What the calibration trains and what its cache entry is keyed on: the config with dropout off."""
-    return {**model_config.to_dict(), "dropout": 0.0}
+    """What the calibration trains and what its cache entry is keyed on: the config with dropout off (so
+    shapes that differ only in dropout share one entry)."""
+    return {**model_config.to_dict(), "dropout": 0.0, "attention_dropout": True}
 
 
 def _calibration_key(model_config: GPTConfig | None) -> str:
@@ -410,6 +428,7 @@ class Runtime:
     threads: int
     world_size: int
     warning: str | None = None
+    dropout_reason: str | None = None  # set by the trainer when the recipe decides dropout by planned epochs
 
     def to_dict(self) -> dict:
         return asdict(self)

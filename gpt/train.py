@@ -44,7 +44,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -60,9 +60,16 @@ from gpt.evaluate import bits_per_byte, check_split_tokens, evaluate
 from gpt.inspection import Probe, probe_for_run, score_probe
 from gpt.model import GPT, GPTConfig
 from gpt.optim import configure_optimizers, scheduled_lr
-from gpt.plan import planned_steps
+from gpt.plan import decide_dropout, planned_steps
 from gpt.run import DataRef, RunConfig
-from gpt.runtime import dist_info_from_env, low_precision_dtype, peak_flops, resolve_runtime, split_batch
+from gpt.runtime import (
+    dist_info_from_env,
+    low_precision_dtype,
+    peak_flops,
+    resolve_runtime,
+    split_batch,
+    time_training_step,
+)
 from gpt.sampling import SamplingConfig, generate
 from gpt.tokenizer import Tokenizer
 from gpt.tracking import WandbLogger
@@ -153,6 +160,12 @@ class Trainer:
         if self.runtime.warning:
             self.notes.append(self.runtime.warning)
         self.tokens_per_step = self.split.global_windows(self.dist.world_size) * model_config.context_length
+        if _state is None:
+            model_config = self._decide_dropout(model_config)
+            self.model_config = model_config
+        else:  # a resumed run keeps the dropout its config.json holds, and why
+            decided = (runs.read_config(self.run_dir).runtime or {}).get("dropout_reason")
+            self.runtime = replace(self.runtime, dropout_reason=decided)
         self.planned_steps = planned_steps(train_config, model_config, len(self.train_tokens))
         self.run_config = RunConfig(model=model_config, train=train_config,
                                     data=DataRef(str(self.data_dir), self.meta), tokenizer=self.tokenizer,
@@ -280,6 +293,23 @@ class Trainer:
             raise UserInputError(f"one batch ({batch} x {context} = {batch * context} tokens) is larger than the "
                                  f"training split ({n_train} tokens); lower --batch-size or --context-length",
                                  field="batch_size")
+
+    def _decide_dropout(self, model_config: GPTConfig) -> GPTConfig:
+        """`model_config` with the dropout `gpt.plan.decide_dropout` chooses for this run, timing one
+        optimizer step's forward and backward passes first when the run is bounded by time; the reason is
+        recorded in the runtime decision and the status line."""
+        seconds_per_step = None
+        train = self.config
+        if train.dropout_from_epochs is not None and model_config.dropout > 0 and train.max_minutes is not None:
+            dtype = None if self.precision == "fp32" else low_precision_dtype(self.precision)
+            seconds_per_step = self.split.accum_steps * time_training_step(
+                model_config, self.split.batch_size, self.device, dtype)
+        choice = decide_dropout(model_config, train, len(self.train_tokens), self.tokens_per_step, seconds_per_step)
+        if choice.reason is None:
+            return model_config
+        self.runtime = replace(self.runtime, dropout_reason=choice.reason)
+        self.notes.append(choice.reason)
+        return GPTConfig.from_dict({**model_config.to_dict(), "dropout": choice.dropout})
 
     def _load_state(self, state: dict) -> None:
         saved = state["optimizer"]

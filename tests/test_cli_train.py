@@ -69,6 +69,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(data_dir: Path, tmp_path: Pa
     text = capsys.readouterr().out
     assert "parameters" in text and "compact vocabulary" in text and "precision" in text
     assert "until the time limit (5 min)" in text
+    assert "dropout 0.1 only past 5 epochs: decided from a timed step when training starts" in text
     assert not out.exists()
 
 

@@ -84,9 +84,12 @@ def test_hf_model_imports_with_the_same_logits(tmp_path: Path) -> None:
     assert our_greedy(model, gpt2_tokenizer(), prompt, 30) == hf_greedy(hf_model, gpt2_tokenizer().encode(prompt), 30)
 
 
-def test_export_import_round_trip_is_exact(tmp_path: Path) -> None:
-    model = random_gpt(seed=5, dropout=0.1)
+@pytest.mark.parametrize("attention_dropout", [True, False])
+def test_export_import_round_trip_is_exact(tmp_path: Path, attention_dropout: bool) -> None:
+    model = random_gpt(seed=5, dropout=0.1, attention_dropout=attention_dropout)
     back = import_hf(export_hf(model, tmp_path / "hf"))
+    exported = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert exported["attn_pdrop"] == (0.1 if attention_dropout else 0.0) and exported["resid_pdrop"] == 0.1
     assert back.config == model.config
     for (name, ours), (_, theirs) in zip(model.state_dict().items(), back.state_dict().items(), strict=True):
         assert torch.equal(ours, theirs), name

@@ -17,6 +17,7 @@ OPTION_SETS = {
     "rmsnorm": {"norm": "rmsnorm"},
     "no-bias": {"bias": False},
     "dropout": {"dropout": 0.1},
+    "dropout-not-on-attention": {"dropout": 0.1, "attention_dropout": False},
     "ffn-width": {"ffn_hidden": 24},
     "all-modern": {"activation": "swiglu", "position": "rope", "norm": "rmsnorm", "bias": False},
     "relu2": {"activation": "relu2"},

@@ -210,3 +210,15 @@ def test_the_apps_first_cpu_preset_trains_at_least_as_fast_as_fp32(data_dir: Pat
             times[precision].append(time.perf_counter() - start)
     ratio = statistics.median(times["auto"]) / statistics.median(times["fp32"])
     assert ratio < 1.3, (trainers["auto"].runtime.precision_reason, times)
+
+
+def test_a_timed_training_step_leaves_the_callers_random_state_as_it_was() -> None:
+    from gpt.model import GPTConfig
+
+    config = GPTConfig(vocab_size=61, context_length=16, n_layer=1, n_head=2, n_embd=16, dropout=0.1)
+    torch.manual_seed(3)
+    expected = torch.rand(4)
+    torch.manual_seed(3)
+    seconds = runtime.time_training_step(config, 2, torch.device("cpu"), repeat=2)
+    assert seconds > 0
+    assert torch.equal(torch.rand(4), expected)

@@ -187,6 +187,45 @@ def test_epochs_and_minutes_stop_a_run(data_dir: Path, tmp_path: Path) -> None:
     assert TrainConfig.from_preset("tiny").max_steps == 1000
 
 
+@pytest.mark.parametrize("seconds_per_step, dropout", [(0.001, 0.2), (10.0, 0.0)])
+def test_dropout_follows_the_planned_epochs_of_a_timed_run(data_dir: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           seconds_per_step: float, dropout: float) -> None:
+    # One minute at 1 ms per step of 128 tokens passes over the ~5k training tokens far more than twice; at
+    # 10 s per step it does not: the same recipe trains with dropout on a fast machine and without on a slow one.
+    timed = []
+    monkeypatch.setattr("gpt.train.time_training_step", lambda config, *args, **kwargs: timed.append(config.dropout)
+                        or seconds_per_step)
+    config = TrainConfig(**{**QUICK, "max_minutes": 1.0, "dropout_from_epochs": 2.0})
+    trainer = Trainer(GPTConfig(**{**MODEL, "dropout": 0.2}), config, data_dir, tmp_path / "run")
+    assert timed == [0.2]  # the step timed is the model's own, dropout on
+    assert trainer.model_config.dropout == dropout
+    saved = ckpt.read_config(tmp_path / "run")
+    assert saved.model.dropout == dropout
+    reason = saved.runtime["dropout_reason"]
+    assert reason.startswith("dropout 0.2: the run plans" if dropout else "dropout off: the run plans")
+    assert f"at {seconds_per_step:.3f} s per timed step" in reason and reason in trainer.notes
+    trainer.close()
+
+
+def test_dropout_by_planned_epochs_needs_no_timing_for_a_counted_run(data_dir: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("gpt.train.time_training_step", lambda *args, **kwargs: pytest.fail("timed a counted run"))
+    trainer = make_trainer(data_dir, tmp_path / "run", dropout_from_epochs=2.0)  # 10 steps: well under 2 epochs
+    assert trainer.model_config.dropout == 0.0  # MODEL has no dropout: nothing to decide
+    trainer.close()
+    few = Trainer(GPTConfig(**{**MODEL, "dropout": 0.1}), TrainConfig(**{**QUICK, "max_steps": 10,
+                                                                          "dropout_from_epochs": 2.0}),
+                  data_dir, tmp_path / "few")
+    reason = few.runtime.dropout_reason
+    assert few.model_config.dropout == 0.0 and reason.startswith("dropout off: the run plans 0.")
+    assert few.run() == "finished"
+    resumed = Trainer.resume(tmp_path / "few", max_steps=20)
+    assert resumed.model_config.dropout == 0.0  # the decision in config.json is kept, with its reason
+    assert ckpt.read_config(tmp_path / "few").runtime["dropout_reason"] == reason
+    resumed.close()
+
+
 def test_learning_rate_schedule_warms_up_then_decays_to_the_minimum() -> None:
     config = TrainConfig(max_steps=100, learning_rate=1.0, warmup_steps=10, min_lr_ratio=0.1)
     assert cosine_lr(config, 0, 0.0) == pytest.approx(0.1)
