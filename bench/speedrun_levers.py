@@ -99,6 +99,12 @@ LEVERS: dict[str, tuple[list[str], str, str | None]] = {
                     "amx-no-dropout"),
     "amx-dropout-fp32": (["--precision", "fp32"], "dropout 0.1 in fp32 (~6 epochs instead of ~9)",
                          "amx-no-dropout"),
+    "amx-wide256-residual": (["--n-embd", "256"], "256 wide instead of 192, with quick-cpu's dropout",
+                             "amx-no-dropout"),
+    "amx-muon-lr03": (["--muon-learning-rate", "0.03"], "Muon learning rate 0.03, with dropout", "amx-no-dropout"),
+    "amx-power1": (["--ema-power", "1"], "power average exponent 1 (a third of the run), with dropout",
+                   "amx-no-dropout"),
+    "amx-batch16": (["--batch-size", "16"], "batch 16, with dropout", "amx-no-dropout"),
 }
 # what each compared-with row's recipe was, for the table's "added to" column
 RECIPES = {"baseline": "quick-cpu as it was", "ema998": "+ EMA 0.998", "qk-norm-ema": "+ EMA 0.998 + QK-norm",
