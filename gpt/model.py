@@ -82,7 +82,8 @@ class GPTConfig:
     ffn_hidden: int | None = option(None, label="FFN width (0 = default)",
                                     help="hidden width of the feed-forward layer; unset: 4 x n_embd "
                                          "(SwiGLU: 8/3 x n_embd rounded to 64)", minimum=1, optional=True)
-    dropout: float = option(0.0, label="Dropout", help="dropout after embeddings, attention and FFN",
+    dropout: float = option(0.0, label="Dropout", help="dropout after the embeddings and each attention and FFN "
+                            "output, and on the attention weights unless attention_dropout is off",
                             minimum=0.0, maximum=1.0, exclusive_maximum=True, step=0.05)
     attention_dropout: bool = option(True, label="Dropout on attention weights",
                                      help="dropout also drops attention probabilities (GPT-2: on); off: only "
