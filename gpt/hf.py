@@ -199,6 +199,7 @@ def config_from_hf(data: dict) -> GPTConfig:
         raise UserInputError(f"layer_norm_epsilon {eps} is not supported; only GPT-2's {NORM_EPS}")
     n_embd = data.get("n_embd", 768)
     n_inner = data.get("n_inner")
+    dropout = float(data.get("resid_pdrop", 0.0))
     return GPTConfig(
         vocab_size=data.get("vocab_size", GPT2_VOCAB_SIZE),
         context_length=data.get("n_positions", 1024),
@@ -206,9 +207,8 @@ def config_from_hf(data: dict) -> GPTConfig:
         n_head=data.get("n_head", 12),
         n_embd=n_embd,
         ffn_hidden=None if n_inner in (None, 4 * n_embd) else n_inner,
-        dropout=float(data.get("resid_pdrop", 0.0)),
-        attention_dropout=float(data.get("attn_pdrop", data.get("resid_pdrop", 0.0))) > 0
-        or float(data.get("resid_pdrop", 0.0)) == 0,
+        dropout=dropout,
+        attention_dropout=dropout == 0 or float(data.get("attn_pdrop", dropout)) > 0,
         bias=True,
         activation=_FROM_HF_ACTIVATION[activation],
         position="learned",

@@ -41,8 +41,12 @@ class DropoutChoice:
     """The dropout a new run trains with, and why (None: the model's dropout, no rule applied)."""
 
     dropout: float
-    epochs: float | None
     reason: str | None
+
+
+def dropout_rule_applies(model: GPTConfig, train: TrainConfig) -> bool:
+    """Whether `decide_dropout` has anything to decide: a threshold is set and the model has dropout."""
+    return train.dropout_from_epochs is not None and model.dropout > 0
 
 
 def decide_dropout(model: GPTConfig, train: TrainConfig, train_tokens: int | None, tokens_per_step: int,
@@ -52,23 +56,23 @@ def decide_dropout(model: GPTConfig, train: TrainConfig, train_tokens: int | Non
     5-minute CPU recipe dropout 0.1 cost 0.05 bits/byte at ~4 passes (a CPU without fast bf16) and gained
     0.14 at ~9 (an AMX CPU). A time-bounded run's passes need `seconds_per_step` (a timed step); without it
     the choice is left to the start of training and the reason says so."""
+    if not dropout_rule_applies(model, train):
+        return DropoutChoice(model.dropout, None)
     threshold = train.dropout_from_epochs
-    if threshold is None or model.dropout == 0:
-        return DropoutChoice(model.dropout, None, None)
     counted = planned_steps(train, model, train_tokens)
     timed = train.max_minutes * 60 / seconds_per_step if train.max_minutes is not None and seconds_per_step else None
     candidates = [steps for steps in (counted, timed) if steps is not None]
     if not candidates or not train_tokens:
-        return DropoutChoice(model.dropout, None, f"dropout {model.dropout:g} only past {threshold:g} epochs: "
-                                                  "decided from a timed step when training starts")
+        return DropoutChoice(model.dropout, f"dropout {model.dropout:g} only past {threshold:g} epochs: decided "
+                                            "from a timed step when training starts")
     epochs = min(candidates) * tokens_per_step / train_tokens
     how = (f" ({train.max_minutes:g} min at {seconds_per_step:.3f} s per timed step)"
            if timed is not None and min(candidates) == timed else "")
     if epochs > threshold:
-        return DropoutChoice(model.dropout, epochs, f"dropout {model.dropout:g}: the run plans {epochs:.1f} epochs"
-                                                    f"{how}, more than {threshold:g}")
-    return DropoutChoice(0.0, epochs, f"dropout off: the run plans {epochs:.1f} epochs{how}, at most "
-                                      f"{threshold:g} (dropout {model.dropout:g} is used past that)")
+        return DropoutChoice(model.dropout, f"dropout {model.dropout:g}: the run plans {epochs:.1f} epochs{how}, "
+                                            f"more than {threshold:g}")
+    return DropoutChoice(0.0, f"dropout off: the run plans {epochs:.1f} epochs{how}, at most {threshold:g} "
+                              f"(dropout {model.dropout:g} is used past that)")
 
 
 def training_memory(model: GPTConfig, train: TrainConfig, precision: str, flash_attention: bool) -> dict[str, int]:

@@ -60,7 +60,7 @@ from gpt.evaluate import bits_per_byte, check_split_tokens, evaluate
 from gpt.inspection import Probe, probe_for_run, score_probe
 from gpt.model import GPT, GPTConfig
 from gpt.optim import configure_optimizers, scheduled_lr
-from gpt.plan import decide_dropout, planned_steps
+from gpt.plan import decide_dropout, dropout_rule_applies, planned_steps
 from gpt.run import DataRef, RunConfig
 from gpt.runtime import (
     dist_info_from_env,
@@ -300,10 +300,9 @@ class Trainer:
         recorded in the runtime decision and the status line."""
         seconds_per_step = None
         train = self.config
-        if train.dropout_from_epochs is not None and model_config.dropout > 0 and train.max_minutes is not None:
-            dtype = None if self.precision == "fp32" else low_precision_dtype(self.precision)
+        if dropout_rule_applies(model_config, train) and train.max_minutes is not None:
             seconds_per_step = self.split.accum_steps * time_training_step(
-                model_config, self.split.batch_size, self.device, dtype)
+                model_config, self.split.batch_size, self.device, self._autocast_dtype)
         choice = decide_dropout(model_config, train, len(self.train_tokens), self.tokens_per_step, seconds_per_step)
         if choice.reason is None:
             return model_config
@@ -454,10 +453,15 @@ class Trainer:
         return get_batch(self.train_tokens, self.split.batch_size, self.model_config.context_length,
                          self.generator, device=self.device, id_map=self.id_map)
 
+    @property
+    def _autocast_dtype(self) -> torch.dtype | None:
+        """What training autocasts to: None in fp32 (no autocast)."""
+        return None if self.precision == "fp32" else low_precision_dtype(self.precision)
+
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.precision == "fp32":
+        if self._autocast_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=low_precision_dtype(self.precision))
+        return torch.autocast(device_type=self.device.type, dtype=self._autocast_dtype)
 
     def _train_step(self) -> float:
         """One optimizer step; returns the loss averaged over micro-batches and processes (NaN/inf as is).
