@@ -29,7 +29,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 
@@ -37,6 +37,8 @@ from gpt.errors import UserInputError
 
 if TYPE_CHECKING:
     from gpt.model import GPTConfig
+
+T = TypeVar("T")
 
 # Dense bf16/fp16 tensor-core peaks (FLOP/s) by GPU name, for MFU.
 PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10G": 125e12,
@@ -369,6 +371,26 @@ def dist_info_from_env() -> DistInfo:
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return DistInfo()
     return DistInfo(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ["WORLD_SIZE"]))
+
+
+def start_process_group(info: DistInfo, device: torch.device) -> None:
+    """Join torchrun's process group (NCCL on CUDA, gloo on a CPU) unless this is one process or it is joined."""
+    if info.enabled and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+
+
+def decided_by_main(value: T, info: DistInfo) -> T:
+    """`value` as rank 0 has it, on every process of a torchrun job (after `start_process_group`); `value`
+    itself for one process.
+
+    Run-time decisions (precision from a calibration, dropout from a timed step) are measured by each rank
+    on its own, and near a threshold two ranks can measure either side of it: one run trains one recipe, the
+    one its config.json (written by rank 0) records."""
+    if not info.enabled:
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 @dataclass(frozen=True)

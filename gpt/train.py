@@ -60,14 +60,16 @@ from gpt.evaluate import bits_per_byte, check_split_tokens, evaluate
 from gpt.inspection import Probe, probe_for_run, score_probe
 from gpt.model import GPT, GPTConfig
 from gpt.optim import configure_optimizers, scheduled_lr
-from gpt.plan import decide_dropout, dropout_rule_applies, planned_steps
+from gpt.plan import DropoutChoice, decide_dropout, dropout_rule_applies, planned_steps
 from gpt.run import DataRef, RunConfig
 from gpt.runtime import (
+    decided_by_main,
     dist_info_from_env,
     low_precision_dtype,
     peak_flops,
     resolve_runtime,
     split_batch,
+    start_process_group,
     time_training_step,
 )
 from gpt.sampling import SamplingConfig, generate
@@ -156,12 +158,15 @@ class Trainer:
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
             torch.cuda.set_device(self.device)
+        start_process_group(self.dist, self.device)
+        self.runtime = decided_by_main(self.runtime, self.dist)
         self.precision = self.runtime.precision
         if self.runtime.warning:
             self.notes.append(self.runtime.warning)
         self.tokens_per_step = self.split.global_windows(self.dist.world_size) * model_config.context_length
         if _state is None:
-            model_config = self._decide_dropout(model_config)
+            model_config = self._apply_dropout(model_config, decided_by_main(self._dropout_choice(model_config),
+                                                                             self.dist))
             self.model_config = model_config
         else:  # a resumed run keeps the dropout its config.json holds, and why
             decided = (runs.read_config(self.run_dir).runtime or {}).get("dropout_reason")
@@ -214,8 +219,6 @@ class Trainer:
         if train_config.compile:
             self.train_model = torch.compile(self.model)
         if self.dist.enabled:
-            if not dist.is_initialized():
-                dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo")
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = DistributedDataParallel(self.train_model, device_ids=ids)
         self.model.train()
@@ -294,16 +297,18 @@ class Trainer:
                                  f"training split ({n_train} tokens); lower --batch-size or --context-length",
                                  field="batch_size")
 
-    def _decide_dropout(self, model_config: GPTConfig) -> GPTConfig:
-        """`model_config` with the dropout `gpt.plan.decide_dropout` chooses for this run, timing one
-        optimizer step's forward and backward passes first when the run is bounded by time; the reason is
-        recorded in the runtime decision and the status line."""
+    def _dropout_choice(self, model_config: GPTConfig) -> DropoutChoice:
+        """The dropout `gpt.plan.decide_dropout` chooses for this run, timing one optimizer step's forward and
+        backward passes first when the run is bounded by time."""
         seconds_per_step = None
         train = self.config
         if dropout_rule_applies(model_config, train) and train.max_minutes is not None:
             seconds_per_step = self.split.accum_steps * time_training_step(
                 model_config, self.split.batch_size, self.device, self._autocast_dtype)
-        choice = decide_dropout(model_config, train, len(self.train_tokens), self.tokens_per_step, seconds_per_step)
+        return decide_dropout(model_config, train, len(self.train_tokens), self.tokens_per_step, seconds_per_step)
+
+    def _apply_dropout(self, model_config: GPTConfig, choice: DropoutChoice) -> GPTConfig:
+        """`model_config` with the chosen dropout; the reason goes into the runtime decision and the status line."""
         if choice.reason is None:
             return model_config
         self.runtime = replace(self.runtime, dropout_reason=choice.reason)

@@ -414,6 +414,42 @@ def test_ddp_two_cpu_processes_match_one_process(data_dir: Path, tmp_path: Path)
     assert sum(1 for row in ckpt.read_metrics(tmp_path / "ddp") if row["kind"] == "status") == 2  # rank 0 only
 
 
+# Each rank of RANKS_DECIDE measures its own step time: rank 0 a fast one (dropout on), rank 1 a slow one
+# (dropout off), as two ranks near the threshold could. Each writes the dropout and precision it trains with.
+RANKS_DECIDE = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import gpt.train
+from gpt.config import TrainConfig
+from gpt.model import GPTConfig
+from gpt.runtime import dist_info_from_env
+
+rank = dist_info_from_env().rank
+gpt.train.time_training_step = lambda *args, **kwargs: 0.001 if rank == 0 else 10.0
+model, train = json.loads(sys.argv[3]), json.loads(sys.argv[4])
+trainer = gpt.train.Trainer(GPTConfig(**model), TrainConfig(**train), sys.argv[2], sys.argv[5])
+with open(f"{sys.argv[5]}-rank{rank}.json", "w") as out:
+    json.dump([trainer.model_config.dropout, trainer.precision, trainer.runtime.dropout_reason], out)
+trainer.close()
+"""
+
+
+@pytest.mark.slow
+def test_torchrun_ranks_train_the_dropout_and_precision_rank_0_decided(data_dir: Path, tmp_path: Path) -> None:
+    script = tmp_path / "ranks_decide.py"
+    script.write_text(RANKS_DECIDE, encoding="utf-8")
+    model = {**MODEL, "dropout": 0.2}
+    train = {**QUICK, "max_minutes": 1.0, "dropout_from_epochs": 2.0}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    _run_to_end([*torchrun, str(script), str(ROOT), str(data_dir), json.dumps(model), json.dumps(train),
+                 str(tmp_path / "run")])
+    decided = [json.loads((tmp_path / f"run-rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert decided[0] == decided[1]
+    dropout, _, reason = decided[0]
+    assert dropout == 0.2 and reason.startswith("dropout 0.2: the run plans")  # rank 0's fast step decided
+    assert ckpt.read_config(tmp_path / "run").runtime["dropout_reason"] == reason
+
+
 def test_reuse_freed_cpu_memory_takes_effect_in_a_fresh_process() -> None:
     code = "from gpt.runtime import reuse_freed_cpu_memory; print(reuse_freed_cpu_memory())"
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
