@@ -1,6 +1,6 @@
 """Looking inside a trained GPT, as numbers: attention, head types, the logit lens, embeddings, per-token loss.
 
-Every figure and HTML view of these numbers is in `gpt/figures.py`; this module returns arrays, dataclasses
+Every figure and HTML view of these numbers is in `gpt/figures/`; this module returns arrays, dataclasses
 and tables only, so the trainer, the command line and a notebook use it as the Inspect tab does.
 
 Attention

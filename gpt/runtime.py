@@ -20,13 +20,16 @@ decision follows.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import json
 import os
 import platform
 import shutil
+import statistics
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -145,12 +148,13 @@ CALIBRATION_MODEL = {"vocab_size": 4096, "context_length": 128, "n_layer": 2, "n
 CALIBRATION_MAX_CONTEXT = 256
 
 
-def time_training_step(model_config: GPTConfig, batch_size: int, device: torch.device,
-                       autocast_dtype: torch.dtype | None = None, context: int | None = None, repeat: int = 5) -> float:
-    """Median seconds of one forward + backward of a fresh `model_config` model in training mode (dropout as
-    configured) on `device`, at `batch_size` windows of `context` tokens (default: the full context), under
-    autocast to `autocast_dtype` when given. Weights, data and dropout draws are seeded, so the caller's random
-    state is left as it was."""
+@contextlib.contextmanager
+def _step_timer(model_config: GPTConfig, batch_size: int, device: torch.device,
+                context: int | None = None) -> Iterator[Callable[[torch.dtype | None], float]]:
+    """A fresh `model_config` model in training mode (dropout as configured) on `device` and a batch of
+    `batch_size` windows of `context` tokens (default: the full context); yields a function that times one
+    forward + backward of it, in seconds, under autocast to the dtype given (None: fp32). Weights, data and
+    dropout draws are seeded, so the caller's random state is left as it was."""
     from gpt.model import GPT
 
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -159,31 +163,54 @@ def time_training_step(model_config: GPTConfig, batch_size: int, device: torch.d
         context = min(context or model_config.context_length, model_config.context_length)
         x = torch.randint(0, model_config.vocab_size, (batch_size, context), device=device)
 
-        def step() -> None:
+        def timed_step(autocast_dtype: torch.dtype | None) -> float:
+            start = time.perf_counter()
             with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
                                 enabled=autocast_dtype is not None):
                 _, loss = model(x, x, return_logits=False)
             loss.backward()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
+            return time.perf_counter() - start
 
+        yield timed_step
+
+
+def time_training_step(model_config: GPTConfig, batch_size: int, device: torch.device,
+                       autocast_dtype: torch.dtype | None = None, context: int | None = None, repeat: int = 5) -> float:
+    """Median seconds of one forward + backward of a fresh `model_config` model (see `_step_timer`) at
+    `batch_size` windows of `context` tokens, under autocast to `autocast_dtype` when given."""
+    with _step_timer(model_config, batch_size, device, context) as timed_step:
         for _ in range(2):  # warm up (allocations, oneDNN primitive cache, CUDA kernels): the first is slowest
-            step()
-        times = []
-        for _ in range(repeat):
-            start = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+            timed_step(autocast_dtype)
+        return statistics.median(timed_step(autocast_dtype) for _ in range(repeat))
 
 
-def _time_training_steps(bf16: bool, model_config: GPTConfig, repeat: int = 5) -> float:
-    """The calibration's step: `model_config`'s model with dropout off, batch 8 x at most
-    `CALIBRATION_MAX_CONTEXT` tokens, on the CPU, under bf16 autocast or in fp32."""
+def _paired_step_times(model_config: GPTConfig, pairs: int = 5) -> list[tuple[float, float]]:
+    """The calibration's measurement: (fp32 seconds, bf16 seconds) of `pairs` pairs of training steps of
+    `model_config`'s model with dropout off, batch 8 x at most `CALIBRATION_MAX_CONTEXT` tokens, on the CPU.
+
+    The two precisions alternate step by step (and which goes first), as `bench/train_speed.py` does: a
+    change in the machine's load (a neighbour, a busy moment) then slows both steps of a pair alike instead
+    of one precision's whole block. (Measured in blocks, a fresh machine once cached 0.95x for the quick-cpu
+    shape, which measured 1.8-2.3x in bf16 every time after.)"""
     from gpt.model import GPTConfig
 
-    return time_training_step(GPTConfig.from_dict(_timed_shape(model_config)), 8, torch.device("cpu"),
-                              torch.bfloat16 if bf16 else None, context=CALIBRATION_MAX_CONTEXT, repeat=repeat)
+    timed = GPTConfig.from_dict(_timed_shape(model_config))
+    with _step_timer(timed, 8, torch.device("cpu"), CALIBRATION_MAX_CONTEXT) as timed_step:
+        for _ in range(2):  # warm up both paths
+            timed_step(None)
+            timed_step(torch.bfloat16)
+        times = []
+        for pair in range(pairs):
+            if pair % 2:
+                bf16 = timed_step(torch.bfloat16)
+                fp32 = timed_step(None)
+            else:
+                fp32 = timed_step(None)
+                bf16 = timed_step(torch.bfloat16)
+            times.append((fp32, bf16))
+    return times
 
 
 def _timed_shape(model_config: GPTConfig) -> dict:
@@ -201,7 +228,7 @@ def _calibration_key(model_config: GPTConfig | None) -> str:
 
 
 def _calibration_entries() -> dict:
-    """The cached calibrations (key -> {"speedup", "fp32_s", "bf16_s"}); empty when unreadable."""
+    """The cached calibrations (key -> {"speedup", "fp32_s", "bf16_s", "pairs"}); empty when unreadable."""
     try:
         cached = json.loads((cache_dir() / "cpu-bf16.json").read_text())
     except (OSError, ValueError):
@@ -210,9 +237,11 @@ def _calibration_entries() -> dict:
 
 
 def cached_bf16_speedup(model_config: GPTConfig | None = None) -> float | None:
-    """The calibration's result for this machine (and shape) when it was measured before, else None."""
+    """The calibration's result for this machine (and shape) when it was measured before, else None.
+
+    Entries written before the precisions alternated (without "pairs") are measured again."""
     entry = _calibration_entries().get(_calibration_key(model_config))
-    return float(entry["speedup"]) if isinstance(entry, dict) and "speedup" in entry else None
+    return float(entry["speedup"]) if isinstance(entry, dict) and {"speedup", "pairs"} <= entry.keys() else None
 
 
 def cpu_bf16_speedup(use_cache: bool = True, model_config: GPTConfig | None = None) -> float:
@@ -224,16 +253,15 @@ def cpu_bf16_speedup(use_cache: bool = True, model_config: GPTConfig | None = No
         return cached
     from gpt.model import GPTConfig
 
-    timed = model_config or GPTConfig(**CALIBRATION_MODEL)
-    fp32 = _time_training_steps(False, timed)
-    # where bf16 is emulated one step can take seconds: three tell enough
-    bf16 = _time_training_steps(True, timed, repeat=3)
-    speedup = fp32 / bf16 if bf16 > 0 else 0.0
+    times = _paired_step_times(model_config or GPTConfig(**CALIBRATION_MODEL))
+    speedup = statistics.median(fp32 / max(bf16, 1e-9) for fp32, bf16 in times)
+    fp32, bf16 = (statistics.median(column) for column in zip(*times, strict=True))
     # one entry per key, so processes with other thread counts or shapes never evict each other's
     entries, path = _calibration_entries(), cache_dir() / "cpu-bf16.json"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        entries[_calibration_key(model_config)] = {"speedup": speedup, "fp32_s": fp32, "bf16_s": bf16}
+        entries[_calibration_key(model_config)] = {"speedup": speedup, "fp32_s": fp32, "bf16_s": bf16,
+                                                   "pairs": len(times)}
         path.write_text(json.dumps(entries))
     except OSError:
         pass  # a read-only home: measure again next time

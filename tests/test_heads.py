@@ -1,5 +1,5 @@
 """Tests of the head-type scores, the probe, the in-context learning score and the logit lens (gpt/inspection.py),
-and of their figures (gpt/figures.py)."""
+and of their figures (gpt/figures/)."""
 
 from __future__ import annotations
 

@@ -3,9 +3,12 @@ orthogonalisation dtype, the batch split under torchrun, and the refusals for wh
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -69,12 +72,18 @@ def test_fp16_on_a_cpu_is_refused() -> None:
     assert caught.value.field == "precision"
 
 
-def test_the_calibration_is_measured_once_per_machine(tmp_path: Path) -> None:
+def test_the_calibration_is_measured_once_per_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a smaller default model: where bf16 is emulated (an AVX2 CI machine) the real one's steps take seconds
+    monkeypatch.setattr(runtime, "CALIBRATION_MODEL", {**runtime.CALIBRATION_MODEL, "n_embd": 64, "vocab_size": 512})
     first = runtime.cpu_bf16_speedup()
     cache = tmp_path / "cache" / "cpu-bf16.json"
     assert cache.is_file() and first > 0
     cache.write_text(cache.read_text().replace(str(first), "123.0", 1))
     assert runtime.cpu_bf16_speedup() == 123.0  # read back, not measured again
+    entries = json.loads(cache.read_text())
+    del entries[next(iter(entries))]["pairs"]  # as written before the precisions alternated
+    cache.write_text(json.dumps(entries))
+    assert runtime.cached_bf16_speedup() is None and runtime.cpu_bf16_speedup() != 123.0  # measured again
 
 
 def test_the_calibration_is_measured_per_model_shape(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -84,26 +93,50 @@ def test_the_calibration_is_measured_per_model_shape(monkeypatch: pytest.MonkeyP
 
     measured: list[int] = []
 
-    def fake_steps(bf16: bool, model_config: GPTConfig, repeat: int = 5) -> float:
+    def fake_pairs(model_config: GPTConfig, pairs: int = 5) -> list[tuple[float, float]]:
         measured.append(model_config.n_embd)
-        return 1.0 if not bf16 else model_config.n_embd / 256  # 64 wide: 4x faster in bf16; 256: the same
-    monkeypatch.setattr(runtime, "_time_training_steps", fake_steps)
+        return [(1.0, model_config.n_embd / 256)] * pairs  # 64 wide: 4x faster in bf16; 256: the same
+    monkeypatch.setattr(runtime, "_paired_step_times", fake_pairs)
     monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: (True, "this CPU has amx_bf16 (AVX512)"))
     small = GPTConfig(vocab_size=512, context_length=32, n_layer=1, n_head=2, n_embd=64)
     default = GPTConfig(**runtime.CALIBRATION_MODEL)
 
     shown = runtime.resolve_precision("auto", torch.device("cpu"), model_config=small, measure=False)
-    assert measured == [256, 256] and shown.precision == "fp32"
+    assert measured == [256] and shown.precision == "fp32"
     assert "this model's own calibration runs when training starts" in shown.reason
     chosen = runtime.resolve_precision("auto", torch.device("cpu"), model_config=small)
-    assert measured == [256, 256, 64, 64] and chosen.precision == "bf16"
+    assert measured == [256, 64] and chosen.precision == "bf16"
     assert "a bf16 training step of this model measured 4.00x faster" in chosen.reason
     assert runtime.cached_bf16_speedup(small) == 4.0 and runtime.cached_bf16_speedup(default) is None
     assert runtime.cached_bf16_speedup() == 1.0  # the default model's entry, kept beside it
     again = runtime.resolve_precision("auto", torch.device("cpu"), model_config=small, measure=False)
-    assert measured == [256, 256, 64, 64] and again.reason == chosen.reason  # read back, nothing measured
+    assert measured == [256, 64] and again.reason == chosen.reason  # read back, nothing measured
     wider = GPTConfig.from_dict({**small.to_dict(), "n_embd": 128})
     assert runtime.cpu_bf16_speedup(model_config=wider) == 2.0 and measured[-1] == 128
+
+
+def test_the_calibration_alternates_precisions_so_a_load_change_cannot_tip_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """bf16 steps take half as long as fp32 ones, and from the middle of the measurement on every step takes
+    three times as long (the machine got busy): measured in blocks (fp32, then bf16) bf16 would read 1.5x
+    slower; alternating, every pair but the one the change falls in reads 2x faster, and so does the median."""
+    calls: list[torch.dtype | None] = []
+
+    @contextlib.contextmanager
+    def fake_timer(model_config: object, batch_size: int, device: torch.device,
+                   context: int | None = None) -> Iterator[Callable[[torch.dtype | None], float]]:
+        def timed_step(autocast_dtype: torch.dtype | None) -> float:
+            calls.append(autocast_dtype)
+            busy = 3.0 if len(calls) > 7 else 1.0
+            return busy * (0.5 if autocast_dtype is torch.bfloat16 else 1.0)
+        yield timed_step
+
+    monkeypatch.setattr(runtime, "_step_timer", fake_timer)
+    assert runtime.cpu_bf16_speedup(use_cache=False) == 2.0
+    timed = calls[4:]  # after two warm-up pairs
+    assert timed.count(torch.bfloat16) == timed.count(None) == 5
+    assert all(set(timed[i:i + 2]) == {None, torch.bfloat16} for i in range(0, 10, 2))  # one of each per pair
+    assert timed[0] is None and timed[2] is torch.bfloat16  # who goes first alternates
 
 
 def test_a_real_calibration_of_a_model_shape_is_cached() -> None:
