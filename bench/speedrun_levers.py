@@ -105,11 +105,14 @@ LEVERS: dict[str, tuple[list[str], str, str | None]] = {
     "amx-power1": (["--ema-power", "1"], "power average exponent 1 (a third of the run), with dropout",
                    "amx-no-dropout"),
     "amx-batch16": (["--batch-size", "16"], "batch 16, with dropout", "amx-no-dropout"),
+    "epyc-quick-cpu": ([], "quick-cpu as it is (bf16 calibrated 1.72x, dropout on: ~6.5 planned passes)", None),
+    "epyc-context-warmup": (["--context-warmup-fraction", "0.3"], "short windows first: 32 tokens for the first "
+                            "15% of the run, 64 for the next 15%, same tokens per step", "epyc-quick-cpu"),
 }
 # what each compared-with row's recipe was, for the table's "added to" column
 RECIPES = {"baseline": "quick-cpu as it was", "ema998": "+ EMA 0.998", "qk-norm-ema": "+ EMA 0.998 + QK-norm",
            "power3": "quick-cpu then (QK-norm + power average 3)",
-           "amx-no-dropout": "quick-cpu without dropout, AMX CPU"}
+           "amx-no-dropout": "quick-cpu without dropout, AMX CPU", "epyc-quick-cpu": "quick-cpu, AMD EPYC"}
 
 
 def run_lever(name: str, args: argparse.Namespace) -> None:

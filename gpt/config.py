@@ -124,6 +124,12 @@ class TrainConfig:
                            choices=SCHEDULES)
     cooldown_fraction: float = option(0.3, label="Cooldown share (wsd)", help="share of the run the wsd "
                                       "schedule spends decaying", minimum=0.0, maximum=1.0, step=0.05)
+    context_warmup_fraction: float = option(0.0, label="Short windows first (share of the run, 0 = off)",
+                                            help="a sequence-length schedule: for this share of the run train on "
+                                            "windows of a quarter of the context, then half, then the full "
+                                            "context, with the same tokens per step (more, shorter windows "
+                                            "early; the context length must divide by 4)", minimum=0.0,
+                                            maximum=1.0, exclusive_maximum=True, step=0.05)
     ema_decay: float = option(0.0, label="Weight averaging (EMA decay, 0 = off)", help="evaluate, sample and "
                               "save an exponential moving average of the weights, updated every step with "
                               "this decay (0.99: about the last 100 steps)", minimum=0.0, maximum=1.0,

@@ -1,4 +1,4 @@
-"""Optimizers and the learning-rate schedules (cosine, warmup-stable-decay).
+"""Optimizers and the schedules: learning rate (cosine, warmup-stable-decay) and training window length.
 
 AdamW (fused kernels on CUDA and CPU) decays only tensors of 2 or more dimensions (matrices and embedding
 tables), not biases or norm gains. With `optimizer="muon"` the weight matrices inside the blocks are
@@ -176,6 +176,21 @@ def wsd_lr(config: TrainConfig, step: int, progress: float) -> float:
     start = 1.0 - config.cooldown_fraction
     return _warmup_then(config, step, progress, lambda peak, low, done: peak if done <= start
                         else peak - (peak - low) * (done - start) / config.cooldown_fraction)
+
+
+# A sequence-length schedule: the windows of the first `context_warmup_fraction` of a run are a quarter, then
+# half the context (one half of that share each), then full. Tokens per step stay the same (4x, then 2x the
+# windows), so the learning-rate schedule and every token count read as without it.
+CONTEXT_WARMUP_DIVISORS = (4, 2)
+
+
+def window_length(config: TrainConfig, context_length: int, progress: float) -> int:
+    """The length of the training windows `progress` (0..1) of the way through a run (see above)."""
+    share = config.context_warmup_fraction
+    if share <= 0 or progress >= share:
+        return context_length
+    stage = min(int(progress / share * len(CONTEXT_WARMUP_DIVISORS)), len(CONTEXT_WARMUP_DIVISORS) - 1)
+    return context_length // CONTEXT_WARMUP_DIVISORS[stage]
 
 
 def scheduled_lr(config: TrainConfig, step: int, progress: float) -> float:

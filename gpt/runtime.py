@@ -9,8 +9,8 @@ at hand, and says why, and the trainer writes the decision into the run's `confi
 Why it matters: CPUs of the same kind of machine differ. With AVX-512 BF16 (or AMX, or an ARM CPU with
 BF16) bf16 matmuls can be as fast as fp32 or faster; with AVX2 only they run ~30-40x slower (measured:
 50 GFLOP/s fp32 against 1.6 bf16). On a CPU `auto` picks bf16 only where the CPU has native bf16 *and* a
-short calibration (a few training steps of the run's own model shape in each, cached per machine and shape
-in `cache_dir()`) measured it faster: the ratio depends on the shape (on an AMX CPU a 2 x 256 model at
+short calibration (training steps of the run's own model shape in each, alternating pair by pair, cached per
+machine and shape in `cache_dir()`) measured it faster: the ratio depends on the shape (on an AMX CPU a 2 x 256 model at
 vocabulary 4,096 measured 0.96x, `seed` at GPT-2's 50,257 tokens 1.9x). Everything else the recipe
 runs in low precision follows the same decision (Muon's orthogonalisation, `gpt/optim.py`).
 `ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2` makes an

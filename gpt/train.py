@@ -59,7 +59,7 @@ from gpt.errors import UserInputError
 from gpt.evaluate import bits_per_byte, check_split_tokens, evaluate
 from gpt.inspection import Probe, probe_for_run, score_probe
 from gpt.model import GPT, GPTConfig
-from gpt.optim import configure_optimizers, scheduled_lr
+from gpt.optim import CONTEXT_WARMUP_DIVISORS, configure_optimizers, scheduled_lr, window_length
 from gpt.plan import DropoutChoice, decide_dropout, dropout_rule_applies, planned_steps
 from gpt.run import DataRef, RunConfig
 from gpt.runtime import (
@@ -292,6 +292,11 @@ class Trainer:
             raise UserInputError(f"the validation split has {n_val} tokens, fewer than one window of context_length "
                                  f"{context} + 1; lower --context-length or use a larger validation fraction",
                                  field="context_length")
+        divisor = max(CONTEXT_WARMUP_DIVISORS)
+        if self.config.context_warmup_fraction > 0 and context % divisor:
+            raise UserInputError(f"short windows first (context_warmup_fraction) trains on windows of 1/{divisor} "
+                                 f"of the context, so context_length must divide by {divisor}, not {context}",
+                                 field="context_warmup_fraction")
         if batch * context > n_train:
             raise UserInputError(f"one batch ({batch} x {context} = {batch * context} tokens) is larger than the "
                                  f"training split ({n_train} tokens); lower --batch-size or --context-length",
@@ -451,11 +456,14 @@ class Trainer:
 
     def _micro_batch(self, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Micro-batch `micro` of this process at the current step, a pure function of (seed, step, g)
-        where g is its index among all processes' micro-batches."""
+        where g is its index among all processes' micro-batches, in windows of the length
+        `gpt.optim.window_length` gives at this point of the run (shorter windows come more to a batch)."""
         global_index = self.dist.rank * self.split.accum_steps + micro
         seed = (self.config.seed * 1_000_003 + self.step) * 1_009 + global_index
         self.generator.manual_seed(seed % (2**63))
-        return get_batch(self.train_tokens, self.split.batch_size, self.model_config.context_length,
+        context = self.model_config.context_length
+        length = window_length(self.config, context, self._progress(for_schedule=True))
+        return get_batch(self.train_tokens, self.split.batch_size * context // length, length,
                          self.generator, device=self.device, id_map=self.id_map)
 
     @property

@@ -46,8 +46,9 @@ def tiny_fields(**overrides) -> dict:
                   optimizer="adamw", muon_learning_rate=0.02, log_seconds=5.0, head_scores=True, qk_norm=False,
                   tie_embeddings=True, logit_softcap=None, value_embeddings=False, x0_shortcuts=False,
                   zero_init_proj=False, muon_orthogonaliser="newton-schulz", muon_normalise=False,
-                  muon_cautious_weight_decay=False, schedule="cosine", cooldown_fraction=0.3, ema_decay=0.0,
-                  ema_power=0.0, vocab_limit=None, attention_dropout=True, dropout_from_epochs=None)
+                  muon_cautious_weight_decay=False, schedule="cosine", cooldown_fraction=0.3,
+                  context_warmup_fraction=0.0, ema_decay=0.0, ema_power=0.0, vocab_limit=None,
+                  attention_dropout=True, dropout_from_epochs=None)
     values.update(overrides)
     assert set(values) == set(FIELD_NAMES)
     return values

@@ -21,7 +21,7 @@ from gpt.config import TrainConfig
 from gpt.data.folder import read_meta
 from gpt.errors import UserInputError
 from gpt.model import GPTConfig
-from gpt.optim import cosine_lr, scheduled_lr, wsd_lr
+from gpt.optim import cosine_lr, scheduled_lr, window_length, wsd_lr
 from gpt.train import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -244,6 +244,33 @@ def test_wsd_schedule_holds_the_peak_then_decays_linearly_over_the_cooldown() ->
     assert scheduled_lr(config, 90, 0.9) == wsd_lr(config, 90, 0.9)
     cosine = TrainConfig(max_steps=100, learning_rate=1.0, warmup_steps=10)
     assert scheduled_lr(cosine, 50, 0.5) == cosine_lr(cosine, 50, 0.5)
+
+
+def test_short_windows_first_a_quarter_then_half_then_the_full_context() -> None:
+    config = TrainConfig(max_steps=100, context_warmup_fraction=0.4)
+    lengths = [window_length(config, 128, progress) for progress in (0.0, 0.19, 0.2, 0.39, 0.4, 1.0)]
+    assert lengths == [32, 32, 64, 64, 128, 128]
+    assert window_length(TrainConfig(max_steps=100), 128, 0.0) == 128  # off by default
+    with pytest.raises(UserInputError, match="context_warmup_fraction"):
+        TrainConfig(max_steps=100, context_warmup_fraction=1.0)
+
+
+def test_short_windows_keep_the_tokens_per_step_and_train(data_dir: Path, tmp_path: Path) -> None:
+    trainer = make_trainer(data_dir, tmp_path / "run", max_steps=8, context_warmup_fraction=0.5)
+    shapes = []
+    for step in range(8):
+        trainer.step = step
+        x, y = trainer._micro_batch(0)
+        assert x.shape == y.shape and torch.equal(x[:, 1:], y[:, :-1])
+        shapes.append(tuple(x.shape))
+    assert shapes == [(16, 8)] * 2 + [(8, 16)] * 2 + [(4, 32)] * 4  # batch 4 x context 32 = 128 tokens each
+    trainer.step = 0
+    assert trainer.run() == "finished" and trainer.tokens == 8 * 4 * 32
+    trainer.close()
+    with pytest.raises(UserInputError, match="context_length must divide by 4, not 30") as caught:
+        Trainer(GPTConfig(**{**MODEL, "context_length": 30}),
+                TrainConfig(**{**QUICK, "max_steps": 4, "context_warmup_fraction": 0.5}), data_dir, tmp_path / "odd")
+    assert caught.value.field == "context_warmup_fraction" and not (tmp_path / "odd").exists()
 
 
 def test_weight_averaging_evaluates_and_saves_the_average(data_dir: Path, tmp_path: Path) -> None:

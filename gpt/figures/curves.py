@@ -72,6 +72,7 @@ def step_label(step: float) -> str:
 
 
 def plot_mode(points: Sequence, always_markers: bool = False) -> str:
+    """Lines, with markers where a series is short (so one point shows) or `always_markers`."""
     return "lines+markers" if always_markers or len(points) <= FEW_POINTS else "lines"
 
 
