@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from gpt.config import TrainConfig
+from gpt.errors import UserInputError
 
 # Polar Express (Amsel, Persson, Musco & Gower 2025): one (a, b, c) per step, each the optimal odd quintic for
 # the singular values left by the step before, as modded-nanogpt uses them; the first steps grow small singular
@@ -184,13 +185,27 @@ def wsd_lr(config: TrainConfig, step: int, progress: float) -> float:
 CONTEXT_WARMUP_DIVISORS = (4, 2)
 
 
-def window_length(config: TrainConfig, context_length: int, progress: float) -> int:
-    """The length of the training windows `progress` (0..1) of the way through a run (see above)."""
+def window_stages(config: TrainConfig, context_length: int) -> list[tuple[float, int]]:
+    """The sequence-length schedule as (share of the run at which a stage ends, window length), the last
+    stage ending at 1; one stage of the whole context when it is off. Raises `UserInputError` when the
+    context does not divide into the short windows."""
     share = config.context_warmup_fraction
-    if share <= 0 or progress >= share:
-        return context_length
-    stage = min(int(progress / share * len(CONTEXT_WARMUP_DIVISORS)), len(CONTEXT_WARMUP_DIVISORS) - 1)
-    return context_length // CONTEXT_WARMUP_DIVISORS[stage]
+    if share <= 0:
+        return [(1.0, context_length)]
+    divisor = max(CONTEXT_WARMUP_DIVISORS)
+    if context_length % divisor:
+        raise UserInputError(f"short windows first (context_warmup_fraction) trains on windows of 1/{divisor} of "
+                             f"the context, so context_length must divide by {divisor}, not {context_length}",
+                             field="context_warmup_fraction")
+    count = len(CONTEXT_WARMUP_DIVISORS)
+    return [(share * (stage + 1) / count, context_length // divisor)
+            for stage, divisor in enumerate(CONTEXT_WARMUP_DIVISORS)] + [(1.0, context_length)]
+
+
+def window_length(config: TrainConfig, context_length: int, progress: float) -> int:
+    """The length of the training windows `progress` (0..1) of the way through a run."""
+    return next((length for end, length in window_stages(config, context_length) if progress < end),
+                context_length)
 
 
 def scheduled_lr(config: TrainConfig, step: int, progress: float) -> float:

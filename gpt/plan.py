@@ -20,6 +20,7 @@ from pathlib import Path
 
 from gpt.config import TrainConfig
 from gpt.model import GPTConfig
+from gpt.optim import window_stages
 from gpt.runtime import resolve_device, resolve_precision, split_batch
 
 CHINCHILLA_TOKENS_PER_PARAMETER = 20
@@ -161,6 +162,13 @@ class RunPlan:
                          + (f", {self.epochs:.2f} epochs" if self.epochs else ""))
         if self.dropout_reason:
             lines.append(f"- {self.dropout_reason}")
+        stages = window_stages(self.train, self.model.context_length)
+        if len(stages) > 1:
+            windows, start = [], 0.0
+            for end, length in stages:
+                windows.append(f"{self.tokens_per_step // length:,} x {length} tokens from {start:.0%} of the run")
+                start = end
+            lines.append(f"- short windows first: {', then '.join(windows)}")
         if self.batch_note:
             lines.append(f"- processes: {self.batch_note}")
         return lines
@@ -191,6 +199,7 @@ def make_plan(model: GPTConfig, train: TrainConfig, data_dir: str | Path | None 
                       if train.vocab == "compact" else "vocabulary: GPT-2's 50,257 tokens")
     device = resolve_device(train.device)
     choice = resolve_precision(train.precision, device, model_config=model, measure=False)
+    window_stages(train, model.context_length)  # refuses a context that does not divide into short windows
     split = split_batch(train.batch_size, train.grad_accum_steps, world_size)
     tokens_per_step = split.global_windows(world_size) * model.context_length
     return RunPlan(model=model, train=train, parameters=model.num_parameters(), vocab_note=vocab_note,

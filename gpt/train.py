@@ -59,7 +59,7 @@ from gpt.errors import UserInputError
 from gpt.evaluate import bits_per_byte, check_split_tokens, evaluate
 from gpt.inspection import Probe, probe_for_run, score_probe
 from gpt.model import GPT, GPTConfig
-from gpt.optim import CONTEXT_WARMUP_DIVISORS, configure_optimizers, scheduled_lr, window_length
+from gpt.optim import configure_optimizers, scheduled_lr, window_length, window_stages
 from gpt.plan import DropoutChoice, decide_dropout, dropout_rule_applies, planned_steps
 from gpt.run import DataRef, RunConfig
 from gpt.runtime import (
@@ -292,11 +292,7 @@ class Trainer:
             raise UserInputError(f"the validation split has {n_val} tokens, fewer than one window of context_length "
                                  f"{context} + 1; lower --context-length or use a larger validation fraction",
                                  field="context_length")
-        divisor = max(CONTEXT_WARMUP_DIVISORS)
-        if self.config.context_warmup_fraction > 0 and context % divisor:
-            raise UserInputError(f"short windows first (context_warmup_fraction) trains on windows of 1/{divisor} "
-                                 f"of the context, so context_length must divide by {divisor}, not {context}",
-                                 field="context_warmup_fraction")
+        window_stages(self.config, context)  # raises where the context does not divide into short windows
         if batch * context > n_train:
             raise UserInputError(f"one batch ({batch} x {context} = {batch * context} tokens) is larger than the "
                                  f"training split ({n_train} tokens); lower --batch-size or --context-length",

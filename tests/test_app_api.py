@@ -127,6 +127,13 @@ def test_impossible_config_is_a_clear_error(app_url, prepared):
     assert "larger than the training split" in status  # the trainer's own message, from the child's log
     good = c.predict(preset="tiny", dataset=prepared, fields=tiny_fields(), api_name="/train_summary")
     assert "parameters" in good and "tokens per parameter" in good and "device: **cpu**" in good
+    short_first = c.predict(preset="tiny", dataset=prepared, fields=tiny_fields(context_warmup_fraction=0.5),
+                            api_name="/train_summary")
+    assert "short windows first: 16 x 8 tokens from 0% of the run" in short_first
+    odd = c.predict(preset="tiny", dataset=prepared, fields=tiny_fields(context_warmup_fraction=0.5,
+                                                                         context_length=30),
+                    api_name="/train_summary")
+    assert "context_length must divide by 4, not 30" in odd
     assert_serving(app_url)
 
 

@@ -21,7 +21,8 @@ from gpt.config import TrainConfig
 from gpt.data.folder import read_meta
 from gpt.errors import UserInputError
 from gpt.model import GPTConfig
-from gpt.optim import cosine_lr, scheduled_lr, window_length, wsd_lr
+from gpt.optim import cosine_lr, scheduled_lr, window_length, window_stages, wsd_lr
+from gpt.plan import make_plan
 from gpt.train import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -251,6 +252,12 @@ def test_short_windows_first_a_quarter_then_half_then_the_full_context() -> None
     lengths = [window_length(config, 128, progress) for progress in (0.0, 0.19, 0.2, 0.39, 0.4, 1.0)]
     assert lengths == [32, 32, 64, 64, 128, 128]
     assert window_length(TrainConfig(max_steps=100), 128, 0.0) == 128  # off by default
+    assert window_stages(config, 128) == [(0.2, 32), (0.4, 64), (1.0, 128)]
+    plan = make_plan(GPTConfig(**MODEL), config)
+    assert ("- short windows first: 64 x 8 tokens from 0% of the run, then 32 x 16 tokens from 20% of the run, then "
+            "16 x 32 tokens from 40% of the run") in plan.lines()  # the default batch: 16 windows of 32
+    with pytest.raises(UserInputError, match="must divide by 4, not 30"):
+        make_plan(GPTConfig(**{**MODEL, "context_length": 30}), config)
     with pytest.raises(UserInputError, match="context_warmup_fraction"):
         TrainConfig(max_steps=100, context_warmup_fraction=1.0)
 
