@@ -108,6 +108,8 @@ LEVERS: dict[str, tuple[list[str], str, str | None]] = {
     "epyc-quick-cpu": ([], "quick-cpu as it is (bf16 calibrated 1.72x, dropout on: ~6.5 planned passes)", None),
     "epyc-context-warmup": (["--context-warmup-fraction", "0.3"], "short windows first: 32 tokens for the first "
                             "15% of the run, 64 for the next 15%, same tokens per step", "epyc-quick-cpu"),
+    "epyc-late-dropout": (["--dropout-start-fraction", "0.5"], "late dropout: dropout only in the second half of "
+                          "the run", "epyc-quick-cpu"),
 }
 # what each compared-with row's recipe was, for the table's "added to" column
 RECIPES = {"baseline": "quick-cpu as it was", "ema998": "+ EMA 0.998", "qk-norm-ema": "+ EMA 0.998 + QK-norm",

@@ -63,6 +63,11 @@ class TrainConfig:
                                                "time-bounded run, from a timed training step before it starts); "
                                                "fewer passes train without it", minimum=0, exclusive_minimum=True,
                                                optional=True)
+    dropout_start_fraction: float = option(0.0, label="Late dropout: from this share of the run on (0 = always)",
+                                           help="the model's dropout starts this share of the way through the run; "
+                                           "before it the model trains without (faster, and early training does "
+                                           "not overfit yet: late dropout, Liu et al. 2023)", minimum=0.0,
+                                           maximum=1.0, exclusive_maximum=True, step=0.05)
     beta1: float = option(0.9, label="Adam β1", help="AdamW first-moment decay", minimum=0.0, maximum=1.0,
                           exclusive_maximum=True)
     beta2: float = option(0.95, label="Adam β2", help="AdamW second-moment decay", minimum=0.0, maximum=1.0,

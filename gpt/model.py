@@ -555,6 +555,16 @@ class GPT(nn.Module):
         """Logits (..., V) of final-normed hidden states (..., C): the LM head, then the soft-cap if any."""
         return soft_cap(self.lm_head(x), self.config.logit_softcap)
 
+    def set_dropout(self, p: float) -> None:
+        """Train with dropout probability `p` from now on (a schedule's choice: `TrainConfig.dropout_start_fraction`);
+        `config.dropout` keeps the run's planned value, and attention weights drop only where
+        `config.attention_dropout` says so."""
+        for module in self.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = p
+            elif isinstance(module, CausalSelfAttention):
+                module.attention_dropout = p if self.config.attention_dropout else 0.0
+
     def _run_blocks(
         self, idx: torch.Tensor, return_attention: bool
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:

@@ -195,6 +195,7 @@ class Trainer:
         # Model, optimizer and state.
         torch.manual_seed(train_config.seed)
         self.model = GPT(model_config)
+        self._dropout_now = model_config.dropout  # what the modules hold; a late-dropout run sets it per step
         self.best_val_loss, self.best_step = math.inf, -1
         self.next_snapshot = 0
         if _state is not None:
@@ -476,7 +477,12 @@ class Trainer:
         """One optimizer step; returns the loss averaged over micro-batches and processes (NaN/inf as is).
         A non-finite loss leaves the weights untouched; so does a non-finite gradient norm (fp32/bf16), which
         raises `_Divergence` (with fp16 the gradient scaler skips such a step and lowers its scale)."""
-        lr = scheduled_lr(self.config, self.step, self._progress(for_schedule=True))
+        progress = self._progress(for_schedule=True)
+        lr = scheduled_lr(self.config, self.step, progress)
+        dropout = self.model_config.dropout if progress >= self.config.dropout_start_fraction else 0.0
+        if dropout != self._dropout_now:
+            self.model.set_dropout(dropout)
+            self._dropout_now = dropout
         for optimizer in self.optimizers:
             for group in optimizer.param_groups:
                 group["lr"] = lr * group["lr_scale"]

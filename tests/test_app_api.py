@@ -48,7 +48,8 @@ def tiny_fields(**overrides) -> dict:
                   zero_init_proj=False, muon_orthogonaliser="newton-schulz", muon_normalise=False,
                   muon_cautious_weight_decay=False, schedule="cosine", cooldown_fraction=0.3,
                   context_warmup_fraction=0.0, ema_decay=0.0, ema_power=0.0, vocab_limit=None,
-                  attention_dropout=True, dropout_from_epochs=None)
+                  attention_dropout=True, dropout_from_epochs=None,
+                  dropout_start_fraction=0.0)
     values.update(overrides)
     assert set(values) == set(FIELD_NAMES)
     return values

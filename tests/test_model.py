@@ -357,3 +357,15 @@ def test_chunked_loss_with_softcap_matches_the_plain_loss_and_gradients(cap: flo
     assert torch.allclose(plain, chunked, atol=1e-6)
     for a, b in zip(plain_grads, chunked_grads, strict=True):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_set_dropout_changes_every_dropout_and_attention_only_where_the_config_drops_it() -> None:
+    for attention_dropout in (True, False):
+        model = GPT(GPTConfig(vocab_size=64, context_length=8, n_layer=2, n_head=2, n_embd=16, dropout=0.1,
+                              attention_dropout=attention_dropout))
+        model.set_dropout(0.3)
+        modules = list(model.modules())
+        assert {m.p for m in modules if isinstance(m, torch.nn.Dropout)} == {0.3}
+        assert {m.attention_dropout for m in modules if hasattr(m, "attention_dropout")} == {
+            0.3 if attention_dropout else 0.0}
+        assert model.config.dropout == 0.1

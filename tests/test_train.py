@@ -227,6 +227,22 @@ def test_dropout_by_planned_epochs_needs_no_timing_for_a_counted_run(data_dir: P
     resumed.close()
 
 
+def test_late_dropout_trains_without_dropout_until_its_share_of_the_run(data_dir: Path, tmp_path: Path) -> None:
+    model = {**MODEL, "dropout": 0.2, "attention_dropout": True}
+    trainer = Trainer(GPTConfig(**model), TrainConfig(**{**QUICK, "max_steps": 8, "dropout_start_fraction": 0.5}),
+                      data_dir, tmp_path / "late")
+
+    def dropouts() -> set[float]:
+        modules = list(trainer.model.modules())
+        return ({m.p for m in modules if isinstance(m, torch.nn.Dropout)}
+                | {m.attention_dropout for m in modules if hasattr(m, "attention_dropout")})
+
+    assert trainer.run(max_steps=4) == "running" and dropouts() == {0.0}  # steps 1-4: progress 0 .. 3/8
+    assert trainer.run() == "finished" and dropouts() == {0.2}  # from progress 4/8 on
+    assert ckpt.read_config(tmp_path / "late").model.dropout == 0.2  # the run's planned value
+    trainer.close()
+
+
 def test_learning_rate_schedule_warms_up_then_decays_to_the_minimum() -> None:
     config = TrainConfig(max_steps=100, learning_rate=1.0, warmup_steps=10, min_lr_ratio=0.1)
     assert cosine_lr(config, 0, 0.0) == pytest.approx(0.1)

@@ -43,7 +43,8 @@ FIELD_NAMES = list(SPECS)
 # Field groups as shown; any field not listed lands in "Other", so none is missing.
 GROUPS = {
     "Model": ["n_layer", "n_head", "n_embd", "ffn_hidden", "context_length", "dropout", "attention_dropout",
-              "dropout_from_epochs", "activation", "position", "norm", "bias", "vocab", "vocab_limit"],
+              "dropout_from_epochs", "dropout_start_fraction", "activation", "position", "norm", "bias", "vocab",
+              "vocab_limit"],
     "Model: small-model speedrun levers": ["qk_norm", "tie_embeddings", "logit_softcap", "value_embeddings",
                                            "x0_shortcuts", "zero_init_proj"],
     "Optimisation": ["optimizer", "learning_rate", "muon_learning_rate", "muon_orthogonaliser", "muon_normalise",
