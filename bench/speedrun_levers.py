@@ -110,11 +110,17 @@ LEVERS: dict[str, tuple[list[str], str, str | None]] = {
                             "15% of the run, 64 for the next 15%, same tokens per step", "epyc-quick-cpu"),
     "epyc-late-dropout": (["--dropout-start-fraction", "0.5"], "late dropout: dropout only in the second half of "
                           "the run", "epyc-quick-cpu"),
+    "slow-epyc-quick-cpu": ([], "quick-cpu as it is (bf16 calibrated 1.65x; the timed step planned 3.4 passes, so "
+                            "dropout off; 5.5 trained)", None),
+    "slow-epyc-context256-warmup": (["--context-length", "256", "--batch-size", "4", "--context-warmup-fraction",
+                                     "0.5"], "context 256 at batch 4, short windows first: 64 tokens for the first "
+                                    "25% of the run, 128 for the next 25%", "slow-epyc-quick-cpu"),
 }
 # what each compared-with row's recipe was, for the table's "added to" column
 RECIPES = {"baseline": "quick-cpu as it was", "ema998": "+ EMA 0.998", "qk-norm-ema": "+ EMA 0.998 + QK-norm",
            "power3": "quick-cpu then (QK-norm + power average 3)",
-           "amx-no-dropout": "quick-cpu without dropout, AMX CPU", "epyc-quick-cpu": "quick-cpu, AMD EPYC"}
+           "amx-no-dropout": "quick-cpu without dropout, AMX CPU", "epyc-quick-cpu": "quick-cpu, AMD EPYC",
+           "slow-epyc-quick-cpu": "quick-cpu, slower AMD EPYC"}
 
 
 def run_lever(name: str, args: argparse.Namespace) -> None:

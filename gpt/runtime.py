@@ -24,6 +24,7 @@ import contextlib
 import ctypes
 import hashlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -39,6 +40,7 @@ import torch
 from gpt.errors import UserInputError
 
 if TYPE_CHECKING:
+    from gpt.config import TrainConfig
     from gpt.model import GPTConfig
 
 T = TypeVar("T")
@@ -149,26 +151,40 @@ CALIBRATION_MAX_CONTEXT = 256
 
 
 @contextlib.contextmanager
-def _step_timer(model_config: GPTConfig, batch_size: int, device: torch.device,
-                context: int | None = None) -> Iterator[Callable[[torch.dtype | None], float]]:
+def _step_timer(model_config: GPTConfig, batch_size: int, device: torch.device, context: int | None = None,
+                train_config: TrainConfig | None = None, accum_steps: int = 1
+                ) -> Iterator[Callable[[torch.dtype | None], float]]:
     """A fresh `model_config` model in training mode (dropout as configured) on `device` and a batch of
     `batch_size` windows of `context` tokens (default: the full context); yields a function that times one
-    forward + backward of it, in seconds, under autocast to the dtype given (None: fp32). Weights, data and
-    dropout draws are seeded, so the caller's random state is left as it was."""
+    forward + backward of it, in seconds, under autocast to the dtype given (None: fp32); with
+    `train_config`, `accum_steps` of them and then the gradient clipping and the step of that config's
+    optimizers (Muon orthogonalising in the dtype given). Weights, data and dropout draws are seeded, so the
+    caller's random state is left as it was."""
     from gpt.model import GPT
+    from gpt.optim import configure_optimizers
 
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(0)
         model = GPT(model_config).to(device).train()
         context = min(context or model_config.context_length, model_config.context_length)
         x = torch.randint(0, model_config.vocab_size, (batch_size, context), device=device)
+        optimizers: dict[torch.dtype | None, list[torch.optim.Optimizer]] = {}
 
         def timed_step(autocast_dtype: torch.dtype | None) -> float:
+            if train_config is not None and autocast_dtype not in optimizers:
+                ortho = torch.bfloat16 if device.type == "cuda" else (autocast_dtype or torch.float32)
+                optimizers[autocast_dtype] = configure_optimizers(model, train_config, device, ortho_dtype=ortho)
             start = time.perf_counter()
-            with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
-                                enabled=autocast_dtype is not None):
-                _, loss = model(x, x, return_logits=False)
-            loss.backward()
+            for _ in range(accum_steps if train_config is not None else 1):
+                with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
+                                    enabled=autocast_dtype is not None):
+                    _, loss = model(x, x, return_logits=False)
+                loss.backward()
+            if train_config is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), train_config.grad_clip or math.inf)
+                for optimizer in optimizers[autocast_dtype]:
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             return time.perf_counter() - start
@@ -177,10 +193,13 @@ def _step_timer(model_config: GPTConfig, batch_size: int, device: torch.device,
 
 
 def time_training_step(model_config: GPTConfig, batch_size: int, device: torch.device,
-                       autocast_dtype: torch.dtype | None = None, context: int | None = None, repeat: int = 5) -> float:
+                       autocast_dtype: torch.dtype | None = None, context: int | None = None, repeat: int = 5,
+                       train_config: TrainConfig | None = None, accum_steps: int = 1) -> float:
     """Median seconds of one forward + backward of a fresh `model_config` model (see `_step_timer`) at
-    `batch_size` windows of `context` tokens, under autocast to `autocast_dtype` when given."""
-    with _step_timer(model_config, batch_size, device, context) as timed_step:
+    `batch_size` windows of `context` tokens, under autocast to `autocast_dtype` when given; with
+    `train_config`, of one optimizer step: `accum_steps` of those and the step of its optimizers (Muon's is
+    ~20% of quick-cpu's step on 2 CPU cores, which a run's dropout decision must not leave out)."""
+    with _step_timer(model_config, batch_size, device, context, train_config, accum_steps) as timed_step:
         for _ in range(2):  # warm up (allocations, oneDNN primitive cache, CUDA kernels): the first is slowest
             timed_step(autocast_dtype)
         return statistics.median(timed_step(autocast_dtype) for _ in range(repeat))

@@ -299,13 +299,15 @@ class Trainer:
                                  field="batch_size")
 
     def _dropout_choice(self, model_config: GPTConfig) -> DropoutChoice:
-        """The dropout `gpt.plan.decide_dropout` chooses for this run, timing one optimizer step's forward and
-        backward passes first when the run is bounded by time."""
+        """The dropout `gpt.plan.decide_dropout` chooses for this run, timing an optimizer step of its model and
+        optimizers (every micro-batch's forward and backward passes, then the step) first when the run is
+        bounded by time."""
         seconds_per_step = None
         train = self.config
         if dropout_rule_applies(model_config, train) and train.max_minutes is not None:
-            seconds_per_step = self.split.accum_steps * time_training_step(
-                model_config, self.split.batch_size, self.device, self._autocast_dtype)
+            seconds_per_step = time_training_step(model_config, self.split.batch_size, self.device,
+                                                  self._autocast_dtype, train_config=train,
+                                                  accum_steps=self.split.accum_steps)
         return decide_dropout(model_config, train, len(self.train_tokens), self.tokens_per_step, seconds_per_step)
 
     def _apply_dropout(self, model_config: GPTConfig, choice: DropoutChoice) -> GPTConfig:

@@ -195,11 +195,12 @@ def test_dropout_follows_the_planned_epochs_of_a_timed_run(data_dir: Path, tmp_p
     # One minute at 1 ms per step of 128 tokens passes over the ~5k training tokens far more than twice; at
     # 10 s per step it does not: the same recipe trains with dropout on a fast machine and without on a slow one.
     timed = []
-    monkeypatch.setattr("gpt.train.time_training_step", lambda config, *args, **kwargs: timed.append(config.dropout)
-                        or seconds_per_step)
+    monkeypatch.setattr("gpt.train.time_training_step", lambda config, *args, **kwargs: timed.append(
+        (config.dropout, kwargs["train_config"], kwargs["accum_steps"])) or seconds_per_step)
     config = TrainConfig(**{**QUICK, "max_minutes": 1.0, "dropout_from_epochs": 2.0})
     trainer = Trainer(GPTConfig(**{**MODEL, "dropout": 0.2}), config, data_dir, tmp_path / "run")
-    assert timed == [0.2]  # the step timed is the model's own, dropout on
+    # the step timed is the model's own, dropout on, with the run's optimizers and accumulation
+    assert timed == [(0.2, config, trainer.split.accum_steps)]
     assert trainer.model_config.dropout == dropout
     saved = ckpt.read_config(tmp_path / "run")
     assert saved.model.dropout == dropout
