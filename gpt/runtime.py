@@ -155,11 +155,11 @@ def _step_timer(model_config: GPTConfig, batch_size: int, device: torch.device, 
                 train_config: TrainConfig | None = None, accum_steps: int = 1
                 ) -> Iterator[Callable[[torch.dtype | None], float]]:
     """A fresh `model_config` model in training mode (dropout as configured) on `device` and a batch of
-    `batch_size` windows of `context` tokens (default: the full context); yields a function that times one
-    forward + backward of it, in seconds, under autocast to the dtype given (None: fp32); with
-    `train_config`, `accum_steps` of them and then the gradient clipping and the step of that config's
-    optimizers (Muon orthogonalising in the dtype given). Weights, data and dropout draws are seeded, so the
-    caller's random state is left as it was."""
+    `batch_size` windows of `context` tokens (default: the full context); yields a function that times
+    `accum_steps` forward + backward passes of it, in seconds, under autocast to the dtype given (None: fp32),
+    and with `train_config` then the gradient clipping and the step of that config's optimizers (Muon
+    orthogonalising as a run in that dtype does: `orthogonalisation_dtype`). Weights, data and dropout draws
+    are seeded, so the caller's random state is left as it was."""
     from gpt.model import GPT
     from gpt.optim import configure_optimizers
 
@@ -172,10 +172,10 @@ def _step_timer(model_config: GPTConfig, batch_size: int, device: torch.device, 
 
         def timed_step(autocast_dtype: torch.dtype | None) -> float:
             if train_config is not None and autocast_dtype not in optimizers:
-                ortho = torch.bfloat16 if device.type == "cuda" else (autocast_dtype or torch.float32)
-                optimizers[autocast_dtype] = configure_optimizers(model, train_config, device, ortho_dtype=ortho)
+                optimizers[autocast_dtype] = configure_optimizers(
+                    model, train_config, device, ortho_dtype=orthogonalisation_dtype(device, autocast_dtype))
             start = time.perf_counter()
-            for _ in range(accum_steps if train_config is not None else 1):
+            for _ in range(accum_steps):
                 with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
                                     enabled=autocast_dtype is not None):
                     _, loss = model(x, x, return_logits=False)
@@ -195,10 +195,10 @@ def _step_timer(model_config: GPTConfig, batch_size: int, device: torch.device, 
 def time_training_step(model_config: GPTConfig, batch_size: int, device: torch.device,
                        autocast_dtype: torch.dtype | None = None, context: int | None = None, repeat: int = 5,
                        train_config: TrainConfig | None = None, accum_steps: int = 1) -> float:
-    """Median seconds of one forward + backward of a fresh `model_config` model (see `_step_timer`) at
-    `batch_size` windows of `context` tokens, under autocast to `autocast_dtype` when given; with
-    `train_config`, of one optimizer step: `accum_steps` of those and the step of its optimizers (Muon's is
-    ~20% of quick-cpu's step on 2 CPU cores, which a run's dropout decision must not leave out)."""
+    """Median seconds of `accum_steps` forward + backward passes of a fresh `model_config` model (see
+    `_step_timer`) at `batch_size` windows of `context` tokens, under autocast to `autocast_dtype` when given,
+    and with `train_config` of the step of its optimizers too: one optimizer step (Muon's is ~20% of
+    quick-cpu's step on 2 CPU cores, which a run's dropout decision must not leave out)."""
     with _step_timer(model_config, batch_size, device, context, train_config, accum_steps) as timed_step:
         for _ in range(2):  # warm up (allocations, oneDNN primitive cache, CUDA kernels): the first is slowest
             timed_step(autocast_dtype)
@@ -361,6 +361,12 @@ def resolve_precision(requested: str, device: torch.device, use_cache: bool = Tr
 def low_precision_dtype(precision: str) -> torch.dtype:
     """The dtype a run's low-precision work uses (autocast, Muon's orthogonalisation): fp32 unless bf16/fp16."""
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+
+
+def orthogonalisation_dtype(device: torch.device, autocast_dtype: torch.dtype | None) -> torch.dtype:
+    """The dtype Muon orthogonalises in for a run that autocasts to `autocast_dtype` (None: fp32): bf16 on a GPU,
+    and on a CPU the run's own precision, so bf16 only where the runtime found it fast."""
+    return torch.bfloat16 if device.type == "cuda" else (autocast_dtype or torch.float32)
 
 
 # -- compile --------------------------------------------------------------------------------------

@@ -66,6 +66,7 @@ from gpt.runtime import (
     decided_by_main,
     dist_info_from_env,
     low_precision_dtype,
+    orthogonalisation_dtype,
     peak_flops,
     resolve_runtime,
     split_batch,
@@ -205,9 +206,8 @@ class Trainer:
                                      f"({str(error).splitlines()[0][:200]})") from None
         self._saved_step = int(_state["step"]) if _state is not None else -1  # the last checkpoint written
         self.model.to(self.device)
-        # Muon's orthogonalisation follows the run's precision decision: bf16 only where it is fast.
-        ortho = torch.bfloat16 if self.device.type == "cuda" else low_precision_dtype(self.precision)
-        self.optimizers = configure_optimizers(self.model, train_config, self.device, ortho_dtype=ortho)
+        self.optimizers = configure_optimizers(self.model, train_config, self.device,
+                                               ortho_dtype=orthogonalisation_dtype(self.device, self._autocast_dtype))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
         # Weight averaging (gpt/averaging.py): the averaged copy is what the run evaluates, samples from and saves.
         self.averaged = weight_average(self.model, train_config)
